@@ -1,0 +1,20 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir():
+    """../shared/fixtures (real dataset files in their official layouts)."""
+    path = os.path.abspath(os.environ.get("DGSS_FIXTURES", FIXTURES))
+    if not os.path.isdir(path):
+        pytest.skip(f"shared fixtures not found at {path}")
+    return path
