@@ -1,0 +1,118 @@
+"""runners.run end to end on a small miniature benchmark, exact resume, dry-run, clear errors."""
+
+import json
+
+import pytest
+import torch
+
+from datasets.base import DatasetLayoutError
+from datasets.loaders import build_dataset
+from datasets.transforms import TrainAugmentation, TrainTransform
+from methods.registry import create_method
+from reports.leaderboard import main as leaderboard_main
+from runners.run import main as run_main
+from runners.train import Trainer
+
+
+@pytest.fixture(scope="module")
+def mini_root(tmp_path_factory):
+    from datasets.miniature import ensure_miniature
+
+    from datasets.miniature import MiniatureParams
+
+    return ensure_miniature(tmp_path_factory.mktemp("cache"), params=MiniatureParams(count_scale=0.25))
+
+
+def test_dry_run_reports_dinov2_large_frozen_params(capsys):
+    assert run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--dry-run"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    backbone = spec["params"]["per_module"]["backbone"]
+    assert backbone["trainable"] == 0
+    assert 304_000_000 < backbone["total"] < 304_500_000  # DINOv2-L, patch embed converted 14 -> 16
+    assert spec["params"]["trainable"] == spec["params"]["per_module"]["decode_head"]["trainable"]
+    assert spec["model"]["vit"]["embed_dim"] == 1024 and spec["model"]["head"]["num_queries"] == 100
+    assert spec["recipe"]["iterations"] == 40000 and spec["recipe"]["batch_size"] == 4
+    assert spec["protocol"]["miniature"] is False
+    assert spec["pretrained_files"] == ["dinov2_vitl14_pretrain.pth"]
+
+
+def test_missing_dataset_gives_the_clear_error(tmp_path):
+    with pytest.raises(DatasetLayoutError) as info:
+        run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(tmp_path),
+                  "--allow-random-init", "--iters", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    message = str(info.value)
+    assert str(tmp_path / "gta") in message and "images" in message
+
+
+def test_real_data_without_weights_is_an_error(tmp_path, mini_root):
+    # a data root that is not marked miniature counts as real data: missing weights must stop the run
+    from methods.weights import MissingWeightsError
+
+    real_like = tmp_path / "data"
+    real_like.mkdir()
+    (real_like / "gta").symlink_to(mini_root / "gta")
+    with pytest.raises(MissingWeightsError, match="dinov2_vitl14_pretrain.pth"):
+        run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(real_like),
+                  "--weights-dir", str(tmp_path), "--iters", "1", "--out", str(tmp_path / "run")])
+
+
+def _trainer(method, root, out, stop_after=None, iterations=6):
+    recipe = type(method).recipe(scale="miniature").replace(
+        iterations=iterations, batch_size=2, checkpoint_interval=2, log_interval=1, crop_size=(128, 128))
+    aug = TrainAugmentation(crop_size=recipe.crop_size, **recipe.augmentation)
+    dataset = build_dataset("gta5", "train", root, transform=TrainTransform(aug))
+    return Trainer(method, recipe, dataset, out_dir=out, seed=7, device=torch.device("cpu"),
+                   spec_hash="test", progress=False, log=lambda *_: None, stop_after=stop_after)
+
+
+def _losses(out):
+    return [json.loads(line)["loss"] for line in (out / "train_log.jsonl").read_text().splitlines()]
+
+
+def test_resume_gives_the_same_loss_sequence(tmp_path, mini_root):
+    torch.manual_seed(0)
+    straight = create_method("frozen_m2f", scale="miniature")
+    init = {k: v.clone() for k, v in straight.state_dict().items()}
+    _trainer(straight, mini_root, tmp_path / "a").run(resume=False)
+
+    interrupted = create_method("frozen_m2f", scale="miniature")
+    interrupted.load_state_dict(init)
+    _trainer(interrupted, mini_root, tmp_path / "b", stop_after=3).run(resume=False)  # "killed" after 3 its
+    assert len(_losses(tmp_path / "b")) == 3
+    # a fresh process: runners.run seeds before building, so the frozen (random-init) backbone is the same;
+    # the trainable state comes from the checkpoint
+    torch.manual_seed(0)
+    resumed = create_method("frozen_m2f", scale="miniature")
+    _trainer(resumed, mini_root, tmp_path / "b").run(resume=True)  # resumes from the checkpoint at it 2
+
+    assert _losses(tmp_path / "a") == _losses(tmp_path / "b")
+    a, b = straight.checkpoint_state_dict(), resumed.checkpoint_state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
+    out = tmp_path / "run"
+    code = run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(mini_root),
+                     "--iters", "3", "--batch-size", "2", "--out", str(out), "--no-progress"])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "MINIATURE benchmark" in text and "cityscapes" in text and "rPD" in text
+    record = json.loads((out / "result.json").read_text())
+    assert record["miniature"] is True and record["benchmark"] == "miniature"
+    assert record["pretrained"] is False
+    assert set(record["results"]["targets"]) == {"cityscapes", "bdd100k", "mapillary"}
+    assert record["results"]["reference"]["key"] == "gta5"
+    for key, value in record["results"]["targets"].items():
+        assert 0.0 <= value["miou"] <= 100.0
+        assert (out / value["confusion"]).exists()
+        assert len(value["per_class_iou"]) == 19
+        assert record["results"]["rpd"][key] == pytest.approx(
+            100 * value["miou"] / record["results"]["reference"]["miou"])
+    assert record["spec"]["protocol"]["miniature"] is True
+    assert record["protocol_hash"] == record["spec"]["protocol_hash"]
+    assert record["environment"]["packages"]["torch"]
+    assert record["params"]["trainable"] > 0 and record["train"]["iterations"] == 3
+
+    assert leaderboard_main([str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "MINIATURE" in table and "frozen_m2f" in table and record["protocol_hash"] in table
