@@ -8,7 +8,16 @@ Typical use::
     sample = ds[(index, aug_seed)]                  # deterministic augmentation
 """
 
-from .base import DatasetLayoutError, SamplePair, SegmentationDataset, read_image, read_index_png
+from .base import (
+    ConcatSegmentationDataset,
+    DatasetLayoutError,
+    MissingLabelsError,
+    SamplePair,
+    SegmentationDataset,
+    read_image,
+    read_index_png,
+)
+from .fingerprint import dataset_fingerprints, fingerprint_pairs, split_fingerprint
 from .labels import (
     CITYSCAPES_CLASSES,
     CITYSCAPES_PALETTE,
@@ -30,9 +39,13 @@ from .miniature import (
     is_miniature_root,
     miniature_root,
 )
-from .transforms import TestTransform, TrainAugmentation, TrainTransform, rescale_size
+from .sampling import RareClassCropDataset, RareClassSampler, RareClassSampling, RareClassStats, class_pixel_counts
+from .transforms import HeightCenterCrop, TestTransform, TrainAugmentation, TrainTransform, rescale_size
 
 __all__ = [
+    "ConcatSegmentationDataset", "HeightCenterCrop", "MissingLabelsError", "RareClassCropDataset",
+    "RareClassSampler", "RareClassSampling", "RareClassStats", "class_pixel_counts", "dataset_fingerprints",
+    "fingerprint_pairs", "split_fingerprint",
     "CITYSCAPES_CLASSES", "CITYSCAPES_PALETTE", "DATASET_DIRS", "DATASET_NAMES", "DEFAULT_MAPILLARY_MAPPING",
     "DatasetLayoutError", "IGNORE_INDEX", "LABEL_ID_TO_TRAIN_ID", "MAPILLARY_MAPPINGS", "MINIATURE_VERSION",
     "MiniatureParams", "NUM_CLASSES", "SYNTHIA_TO_TRAIN_ID", "SamplePair", "SegmentationDataset", "TRAIN_ID_PALETTE",

@@ -67,7 +67,7 @@ def acdc_pairs(root: Path, split: str) -> list[SamplePair]:
                 else:
                     missing.append((img, gt_root / seq / f"{stem}_gt_labelTrainIds.png"))
     if missing:
-        raise missing_labels_error("acdc", missing, ACDC_LAYOUT, ACDC_FIX)
+        raise missing_labels_error("acdc", missing, ACDC_LAYOUT, ACDC_FIX, pairs)
     if not pairs:
         raise layout_error(f"acdc: no *{_IMG_SUFFIX} images for split {split!r}", root / "rgb_anon", ACDC_LAYOUT, ACDC_FIX)
     return pairs

@@ -24,7 +24,10 @@ from PIL import Image
 from .labels import IGNORE_INDEX, NUM_CLASSES
 
 __all__ = [
+    "ConcatSegmentationDataset",
     "DatasetLayoutError",
+    "MissingLabelsError",
+    "PngHeader",
     "SamplePair",
     "SegmentationDataset",
     "TRAIN_ID_SANITIZE",
@@ -34,6 +37,7 @@ __all__ = [
     "read_index_png",
     "image_size",
     "missing_labels_error",
+    "png_header",
 ]
 
 
@@ -42,6 +46,20 @@ class DatasetLayoutError(Exception):
 
     The message always names the expected path, the expected layout and the fix.
     """
+
+
+class MissingLabelsError(DatasetLayoutError):
+    """Some images of a split have no label file (a partial download or extraction).
+
+    ``missing`` lists (image, expected label path); ``pairs`` holds the complete pairs that were found,
+    so a checker (``datasets.check``) can report the gap and still inspect the rest.
+    """
+
+    def __init__(self, message: str, missing: list[tuple[Path, Path]] | None = None,
+                 pairs: list["SamplePair"] | None = None) -> None:
+        super().__init__(message)
+        self.missing = list(missing or [])
+        self.pairs = list(pairs or [])
 
 
 @dataclass(frozen=True)
@@ -83,15 +101,17 @@ def find_dataset_dir(data_root: Path, dirnames: Iterable[str], dataset: str, lay
     raise layout_error(problem, data_root / dirnames[0], layout, fix)
 
 
-def missing_labels_error(dataset: str, missing: list[tuple[Path, Path]], layout: str, fix: str) -> DatasetLayoutError:
+def missing_labels_error(dataset: str, missing: list[tuple[Path, Path]], layout: str, fix: str,
+                         pairs: list[SamplePair] | None = None) -> MissingLabelsError:
     """Error for images whose label file is absent (a partial download must not be skipped silently)."""
     examples = "\n".join(f"    {img} -> {lab}" for img, lab in missing[:5])
-    return layout_error(
+    base = layout_error(
         f"{dataset}: {len(missing)} image(s) have no label file, e.g.\n{examples}",
         missing[0][1],
         layout,
         fix,
     )
+    return MissingLabelsError(str(base), missing, pairs)
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -129,6 +149,37 @@ def image_size(path: Path) -> tuple[int, int]:
     """(width, height) from the file header only."""
     with Image.open(path) as im:
         return im.size
+
+
+@dataclass(frozen=True)
+class PngHeader:
+    """The IHDR fields of a PNG: size, bit depth per channel and colour type (0 gray, 2 RGB, 3 palette,
+    4 gray+alpha, 6 RGBA)."""
+
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+
+    @property
+    def channels(self) -> int:
+        return {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}.get(self.color_type, 0)
+
+    def describe(self) -> str:
+        kind = {0: "gray", 2: "RGB", 3: "palette", 4: "gray+alpha", 6: "RGBA"}.get(self.color_type, "?")
+        return f"{self.bit_depth}-bit {kind}"
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_header(path: Path) -> PngHeader | None:
+    """Read a PNG's IHDR (the first 29 bytes) without decoding; None when the file is not a PNG."""
+    with open(path, "rb") as f:
+        head = f.read(29)
+    if len(head) < 29 or head[:8] != _PNG_SIGNATURE or head[12:16] != b"IHDR":
+        return None
+    return PngHeader(int.from_bytes(head[16:20], "big"), int.from_bytes(head[20:24], "big"), head[24], head[25])
 
 
 class SegmentationDataset(torch.utils.data.Dataset):
@@ -218,3 +269,51 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if self.transform is None:
             return sample
         return self.transform(sample, np.random.default_rng(seed))
+
+
+class ConcatSegmentationDataset(torch.utils.data.Dataset):
+    """Several training splits read as one (e.g. GTA5 + SYNTHIA), indexed like a ``SegmentationDataset``.
+
+    ``ds[(i, aug_seed)]`` goes to the part holding global index ``i``; ``load(i)`` / ``transform`` /
+    ``pairs`` behave as for a single dataset. All parts share one transform.
+    """
+
+    def __init__(self, parts: list[SegmentationDataset]) -> None:
+        if not parts:
+            raise ValueError("ConcatSegmentationDataset needs at least one dataset")
+        self.parts = list(parts)
+        self.name = "+".join(p.name for p in self.parts)
+        self.split = "+".join(p.split for p in self.parts)
+        self.transform = self.parts[0].transform
+        self._offsets = np.cumsum([0] + [len(p) for p in self.parts])
+
+    def __repr__(self) -> str:
+        return f"ConcatSegmentationDataset({self.parts!r})"
+
+    def __len__(self) -> int:
+        return int(self._offsets[-1])
+
+    @property
+    def pairs(self) -> list[SamplePair]:
+        return [pair for p in self.parts for pair in p.pairs]
+
+    def locate(self, i: int) -> tuple[SegmentationDataset, int]:
+        """(part, index inside the part) of global index ``i``."""
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(f"index {i} out of range for {self!r}")
+        k = int(np.searchsorted(self._offsets, i, side="right")) - 1
+        return self.parts[k], i - int(self._offsets[k])
+
+    def load(self, i: int) -> dict[str, Any]:
+        part, j = self.locate(i)
+        return part.load(j)
+
+    def __getitem__(self, index: int | tuple[int, int]) -> dict[str, Any]:
+        if isinstance(index, tuple):
+            part, j = self.locate(index[0])
+            return part[(j, *index[1:])]
+        part, j = self.locate(index)
+        return part[(j, int(index))]

@@ -49,7 +49,7 @@ def bdd100k_pairs(root: Path, split: str) -> list[SamplePair]:
         else:
             missing.append((img_dir / n, mask_dir / f"{stem}.png"))
     if missing:
-        raise missing_labels_error("bdd100k", missing, BDD100K_LAYOUT, BDD100K_FIX)
+        raise missing_labels_error("bdd100k", missing, BDD100K_LAYOUT, BDD100K_FIX, pairs)
     return pairs
 
 

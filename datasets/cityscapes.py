@@ -47,7 +47,7 @@ def cityscapes_pairs(root: Path, split: str) -> list[SamplePair]:
             else:
                 missing.append((img_root / city / fname, gt_city / f"{stem}_gtFine_labelIds.png"))
     if missing:
-        raise missing_labels_error("cityscapes", missing, CITYSCAPES_LAYOUT, CITYSCAPES_FIX)
+        raise missing_labels_error("cityscapes", missing, CITYSCAPES_LAYOUT, CITYSCAPES_FIX, pairs)
     if not pairs:
         raise layout_error(
             f"cityscapes: no *{_IMG_SUFFIX} images under {img_root}",

@@ -5,8 +5,14 @@ the Cityscapes colour map). They are read as index arrays and mapped with ``LABE
 they are never converted to RGB. Converted ``NNNNN_labelTrainIds.png`` files (DAFormer/Rein
 converters) are accepted as a fallback and read as train ids.
 
-Splits: ``all`` (every image; the Rein/VLTSeg/DAFormer default) and ``train``/``val``/``test``
-from RobustNet-style split lists ``gtav_split_{split}.txt`` next to ``images/``.
+Splits (decisions.md §5: "all" is the default, the split lists are variants):
+
+- ``all``: every image (the Rein/VLTSeg/DAFormer default, 24,966);
+- ``train``/``val``/``test``: RobustNet's lists ``gtav_split_{split}.txt`` next to ``images/``
+  (12,388 / 6,382 / 6,181 names; used by RobustNet, TLDR, tqdm, FAMix);
+- ``official_train``/``official_val``/``official_test``: the dataset's own ``split.mat`` (from
+  ``read_mapping.zip``; arrays ``trainIds``/``valIds``/``testIds`` of 1-based frame numbers, 12,403 /
+  6,382 / 6,181), placed next to ``images/``.
 """
 
 from __future__ import annotations
@@ -26,14 +32,17 @@ from .base import (
 )
 from .labels import LABEL_ID_TO_TRAIN_ID
 
-GTA5_SPLITS = ("all", "train", "val", "test")
+GTA5_SPLITS = ("all", "train", "val", "test", "official_train", "official_val", "official_test")
+GTA5_LIST_SPLITS = ("train", "val", "test")
+GTA5_OFFICIAL_SPLITS = {"official_train": "trainIds", "official_val": "valIds", "official_test": "testIds"}
 GTA5_LAYOUT = """\
 <data_root>/gta/                     (or <data_root>/gta5/)
   images/00001.png ... 24966.png
   labels/00001.png ... 24966.png     8-bit palette PNG, index = Cityscapes labelId
   gtav_split_train.txt               RobustNet split lists (only for splits train/val/test),
   gtav_split_val.txt                 one file name per line, e.g. 00001.png
-  gtav_split_test.txt"""
+  gtav_split_test.txt
+  split.mat                          official split (read_mapping.zip; only for official_* splits)"""
 GTA5_FIX = (
     "download the 10 image and 10 label zips from download.visinf.tu-darmstadt.de/data/from_games/ and "
     "unzip all of them into <data_root>/gta/ (images/ and labels/); for train/val/test copy RobustNet's "
@@ -55,6 +64,15 @@ def gta5_pairs(root: Path, split: str) -> list[SamplePair]:
         stems = sorted(images)
         if not stems:
             raise layout_error(f"gta5: no images in {img_dir}", img_dir / "00001.png", GTA5_LAYOUT, GTA5_FIX)
+    elif split in GTA5_OFFICIAL_SPLITS:
+        stems = _official_split_stems(root, split)
+        absent = [s for s in stems if s not in images]
+        if absent:
+            raise layout_error(
+                f"gta5: {len(absent)} image(s) of {split!r} in {root / 'split.mat'} are missing from {img_dir}, "
+                f"e.g. {', '.join(absent[:5])}",
+                img_dir / f"{absent[0]}.png", GTA5_LAYOUT, GTA5_FIX,
+            )
     else:
         list_file = root / f"gtav_split_{split}.txt"
         if not list_file.is_file():
@@ -83,8 +101,30 @@ def gta5_pairs(root: Path, split: str) -> list[SamplePair]:
             continue
         pairs.append(SamplePair(img_dir / images[stem], lab, stem))
     if missing:
-        raise missing_labels_error("gta5", missing, GTA5_LAYOUT, GTA5_FIX)
+        raise missing_labels_error("gta5", missing, GTA5_LAYOUT, GTA5_FIX, pairs)
     return pairs
+
+
+def _official_split_stems(root: Path, split: str) -> list[str]:
+    """Frame names of an official split from ``split.mat`` (1-based frame numbers -> "00001")."""
+    mat = root / "split.mat"
+    if not mat.is_file():
+        raise layout_error(
+            f"gta5: official split file {mat} is missing (needed for split {split!r})", mat, GTA5_LAYOUT,
+            "take split.mat from read_mapping.zip on the GTA5 download page and put it next to images/",
+        )
+    from scipy.io import loadmat  # only needed for this variant
+
+    try:
+        data = loadmat(str(mat))
+    except Exception as exc:  # noqa: BLE001 - scipy raises several kinds
+        raise layout_error(f"gta5: cannot read {mat}: {exc}", mat, GTA5_LAYOUT,
+                           "re-extract split.mat from read_mapping.zip") from exc
+    key = GTA5_OFFICIAL_SPLITS[split]
+    if key not in data:
+        raise layout_error(f"gta5: {mat} has no array {key!r} (has {sorted(k for k in data if not k.startswith('__'))})",
+                           mat, GTA5_LAYOUT, "use the official split.mat from read_mapping.zip")
+    return [f"{int(i):05d}" for i in np.asarray(data[key]).ravel()]
 
 
 class GTA5Dataset(SegmentationDataset):

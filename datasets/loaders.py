@@ -79,7 +79,7 @@ def build_dataset(
 ) -> SegmentationDataset:
     """Build the dataset ``name`` (one of ``DATASET_NAMES``) for ``split`` from ``data_root``.
 
-    Splits: gta5 all/train/val/test; cityscapes train/val/test; bdd100k train/val/test; mapillary
+    Splits: gta5 all/train/val/test (RobustNet lists)/official_{train,val,test} (split.mat); cityscapes train/val/test; bdd100k train/val/test; mapillary
     validation/training (aliases val/train); acdc train/val/test or "<cond>/<split>"; synthia
     all/train/val. ``mapillary_mapping`` ("robustnet" or "rein") only affects Mapillary.
     """

@@ -67,11 +67,12 @@ def mapillary_pairs(root: Path, split: str) -> list[SamplePair]:
         else:
             missing.append((img_dir / n, lab_dir / f"{key}.png"))
     if missing:
-        err = missing_labels_error("mapillary", missing, MAPILLARY_LAYOUT, MAPILLARY_FIX)
+        err = missing_labels_error("mapillary", missing, MAPILLARY_LAYOUT, MAPILLARY_FIX, pairs)
         if any(lab.endswith("_labelTrainIds.png") for lab in labels):
             err = type(err)(
                 f"{err}\n  note: {lab_dir} holds converted *_labelTrainIds.png files; this loader needs the raw "
-                "v1.2 label PNGs (ids 0-65) so that the 66->19 mapping is a load-time option"
+                "v1.2 label PNGs (ids 0-65) so that the 66->19 mapping is a load-time option",
+                err.missing, err.pairs,
             )
         raise err
     return pairs

@@ -21,7 +21,8 @@ bdd100k        images/10k + labels/sem_seg/masks (train ids);      wide roads, d
 mapillary      {training,validation}/images + labels (v1.2 ids,    per-image random palette, varied
                palette PNG); 4:3, 16:9 and portrait, JPEG          camera, ids where the two 66->19
                                                                    mappings disagree
-acdc           rgb_anon/gt per condition; 512x288                  cityscapes-like + fog/night/rain/snow
+acdc           rgb_anon + gt per condition (val); rgb_anon only    cityscapes-like + fog/night/rain/snow
+               for test (no public GT); 512x288
 synthia        RGB + GT/LABELS (16-bit, id in R); 512x304          high random viewpoints, no terrain/
                                                                    truck/train
 =============  ==================================================  =====================================
@@ -73,9 +74,11 @@ __all__ = [
     "generate_miniature",
     "is_miniature_root",
     "miniature_counts",
+    "miniature_test_counts",
+    "MINIATURE_TEST_COUNTS",
 ]
 
-MINIATURE_VERSION = "1"
+MINIATURE_VERSION = "2"
 """Bump whenever the generator's output changes (it is part of the cache folder name)."""
 
 MINIATURE_DOMAINS: tuple[str, ...] = ("gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "synthia")
@@ -88,6 +91,12 @@ MINIATURE_BASE_COUNTS: dict[str, dict[str, int]] = {
     "synthia": {"train": 40, "val": 20},
 }
 """Images per split at ``count_scale=1`` (gta5 'all' = train+val+test)."""
+
+MINIATURE_TEST_COUNTS: dict[str, dict[str, int]] = {
+    "acdc": {"fog/test": 5, "night/test": 5, "rain/test": 5, "snow/test": 5},
+}
+"""Splits without public ground truth (images only), as on the real benchmark: ACDC test is what a
+server submission (``benchmarks.export``) is made of. Scaled like ``MINIATURE_BASE_COUNTS``."""
 
 _MARKER = "MINIATURE.json"
 _FAR = 1000.0  # depth of sky / skyline (metres)
@@ -1053,6 +1062,13 @@ def miniature_counts(params: MiniatureParams | None = None) -> dict[str, dict[st
             for d in p.domains}
 
 
+def miniature_test_counts(params: MiniatureParams | None = None) -> dict[str, dict[str, int]]:
+    """Images per domain and ground-truth-less test split for ``params``."""
+    p = params or MiniatureParams()
+    return {d: {s: max(1, int(round(n * p.count_scale))) for s, n in MINIATURE_TEST_COUNTS[d].items()}
+            for d in p.domains if d in MINIATURE_TEST_COUNTS}
+
+
 def _seed(params: MiniatureParams, domain: str, split: str, i: int) -> list[int]:
     tag = int.from_bytes(hashlib.sha256(f"{domain}/{split}".encode()).digest()[:4], "little")
     return [params.seed, tag, i]
@@ -1133,6 +1149,19 @@ def _gen_acdc(root: Path, params: MiniatureParams, counts: dict[str, int]) -> No
             _write_index_png(gt / f"{stem}_gt_labelIds.png", ELEMENT_CITYSCAPES_ID[lab], None)
 
 
+def _gen_acdc_test(root: Path, params: MiniatureParams, counts: dict[str, int]) -> None:
+    """ACDC test images (``rgb_anon/<cond>/test``) without ground truth, like the official release."""
+    base = root / "acdc"
+    for split_key, n in counts.items():
+        cond, split = split_key.split("/")
+        for i in range(n):
+            seq = f"GOPR{900 + CONDITIONS.index(cond) * 10 + i // 5:04d}"
+            stem = f"{seq}_frame_{(i % 5) * 41 + 3:06d}"
+            img, _ = render_scene(_seed(params, "acdc", split_key, i), "acdc", feature=i + 2 * CONDITIONS.index(cond),
+                                  condition=cond)
+            _write_rgb_png(base / "rgb_anon" / cond / split / seq / f"{stem}_rgb_anon.png", img)
+
+
 def _gen_synthia(root: Path, params: MiniatureParams, counts: dict[str, int]) -> None:
     base = root / "synthia"
     k = 0
@@ -1168,8 +1197,11 @@ def generate_miniature(out_dir: str | Path, params: MiniatureParams | None = Non
     if any(out.iterdir()):
         raise FileExistsError(f"miniature output folder {out} is not empty")
     counts = miniature_counts(p)
+    test_counts = miniature_test_counts(p)
     for domain in p.domains:
         _GENERATORS[domain](out, p, counts[domain])
+    if "acdc" in test_counts:
+        _gen_acdc_test(out, p, test_counts["acdc"])
     manifest = {
         "benchmark": "dgss-miniature",
         "miniature": True,
@@ -1177,6 +1209,7 @@ def generate_miniature(out_dir: str | Path, params: MiniatureParams | None = Non
         "param_hash": p.hash(),
         "params": p.to_json(),
         "counts": counts,
+        "test_counts": test_counts,
         "note": "procedurally generated street scenes in the official dataset layouts; "
                 "not real data, scores are not comparable to papers",
     }

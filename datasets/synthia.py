@@ -3,7 +3,8 @@
 Labels ``GT/LABELS/*.png`` are 16-bit 3-channel PNGs; the class id (0-22) is the R channel, which is
 channel index 2 of a cv2 (BGR) read. PIL cannot read them, so cv2 ``IMREAD_UNCHANGED`` is used.
 Splits: ``all`` (9,400) or ``train``/``val`` from RobustNet's ``synthia_split_{train,val}.txt``.
-Terrain, truck and train never occur (the 16-class convention is an evaluation option elsewhere).
+Terrain, truck and train never occur: the 16-class (and 13-class) reporting conventions are a protocol
+setting (``benchmarks.protocols.SplitSpec.num_classes_reported``), not a loader option.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ def synthia_pairs(root: Path, split: str) -> list[SamplePair]:
         else:
             missing.append((img_dir / images[s], lab_dir / f"{s}.png"))
     if missing:
-        raise missing_labels_error("synthia", missing, SYNTHIA_LAYOUT, SYNTHIA_FIX)
+        raise missing_labels_error("synthia", missing, SYNTHIA_LAYOUT, SYNTHIA_FIX, pairs)
     if not pairs:
         raise layout_error(f"synthia: no images in {img_dir}", img_dir / "0000000.png", SYNTHIA_LAYOUT, SYNTHIA_FIX)
     return pairs
@@ -79,11 +80,17 @@ class SynthiaDataset(SegmentationDataset):
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise FileNotFoundError(f"cannot read SYNTHIA label {path}")
-        if raw.ndim != 3 or raw.shape[2] < 3:
+        if raw.ndim != 3 or raw.shape[2] < 3 or raw.dtype != np.uint16:
+            hint = ""
+            if raw.dtype == np.uint8 and raw.ndim == 3:
+                hint = (" (an 8-bit colour PNG: a GT/COLOR visualisation, or a label re-saved by an 8-bit tool, "
+                        "which garbles the ids)")
             raise layout_error(
-                f"synthia: label {path} has shape {raw.shape} ({raw.dtype}); expected the official 16-bit "
+                f"synthia: label {path} has shape {raw.shape} ({raw.dtype}){hint}; expected the official 16-bit "
                 "3-channel GT/LABELS PNG with the class id in the R channel",
-                path, SYNTHIA_LAYOUT, "use GT/LABELS (not GT/COLOR) from the official archive",
+                path, SYNTHIA_LAYOUT,
+                "use GT/LABELS (not GT/COLOR) from the official archive, read unchanged (cv2.IMREAD_UNCHANGED); "
+                "re-extract files that an image tool converted to 8 bits",
             )
         ids = raw[:, :, 2]  # R channel of a BGR read
         ids = np.where(ids > 255, IGNORE_INDEX, ids).astype(np.uint8)

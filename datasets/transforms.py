@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import torch
 
+from PIL import Image
+
 from .labels import IGNORE_INDEX
 
 __all__ = [
@@ -26,8 +28,12 @@ __all__ = [
     "TrainAugmentation",
     "TrainTransform",
     "TestTransform",
+    "HeightCenterCrop",
+    "prehalve",
+    "height_center_crop",
     "random_crop_box",
     "photometric_distortion",
+    "color_jitter",
     "to_tensors",
 ]
 
@@ -67,6 +73,8 @@ class TrainAugmentation:
       "none":       no rescaling (FAMix GTA).
     crop_size is (h, w); cat_max_ratio < 1 retries the crop up to 10 times while one class covers
     more than that share of the non-ignored crop pixels (mmseg RandomCrop).
+    color_jitter: (brightness, contrast, saturation) strengths of a torchvision-style ColorJitter applied after
+    the flip (FAMix: (0.8, 0.8, 0.8)); None disables it. See :func:`color_jitter`.
     """
 
     crop_size: tuple[int, int] = (512, 512)
@@ -79,6 +87,7 @@ class TrainAugmentation:
     cat_max_ratio: float = 0.75
     hflip_prob: float = 0.5
     photometric: bool = True
+    color_jitter: tuple[float, float, float] | None = None
 
     def __post_init__(self) -> None:
         if self.rescale not in RESCALE_MODES:
@@ -91,6 +100,9 @@ class TrainAugmentation:
             raise ValueError(f"bad ratio_range {self.ratio_range}")
         if min(self.crop_size) <= 0:
             raise ValueError(f"bad crop_size {self.crop_size}")
+        if self.color_jitter is not None and (len(self.color_jitter) != 3 or min(self.color_jitter) < 0):
+            raise ValueError(f"color_jitter must be 3 non-negative strengths (brightness, contrast, saturation), "
+                             f"got {self.color_jitter}")
 
 
 def random_crop_box(
@@ -142,6 +154,25 @@ def photometric_distortion(img: np.ndarray, rng: np.random.Generator) -> np.ndar
     if not contrast_first and rng.integers(2):
         img = convert(img, alpha=float(rng.uniform(0.5, 1.5)))
     return img
+
+
+def color_jitter(img: np.ndarray, strengths: tuple[float, float, float], rng: np.random.Generator) -> np.ndarray:
+    """torchvision ``ColorJitter(brightness, contrast, saturation)`` on a uint8 RGB image (PIL path).
+
+    Each factor is drawn uniformly from [max(0, 1 - s), 1 + s]; the three adjustments run in a random order
+    (torchvision permutes them) through PIL ``ImageEnhance`` (what torchvision calls on PIL images):
+    brightness blends with black, contrast with the grayscale mean, saturation with the grayscale image.
+    A strength of 0 skips that adjustment.
+    """
+    from PIL import Image, ImageEnhance  # noqa: F811 (local: independent of the module imports)
+
+    enhancers = (ImageEnhance.Brightness, ImageEnhance.Contrast, ImageEnhance.Color)
+    factors = [None if s == 0 else float(rng.uniform(max(0.0, 1 - s), 1 + s)) for s in strengths]
+    pil = Image.fromarray(np.ascontiguousarray(img))
+    for index in rng.permutation(3):
+        if factors[index] is not None:
+            pil = enhancers[index](pil).enhance(factors[index])
+    return np.asarray(pil, dtype=np.uint8).copy()
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,6 +231,8 @@ class TrainTransform:
         image = np.ascontiguousarray(image)
         if a.photometric:
             image = photometric_distortion(image, rng)
+        if a.color_jitter is not None:
+            image = color_jitter(image, a.color_jitter, rng)
         ch, cw = a.crop_size
         ph, pw = max(ch - image.shape[0], 0), max(cw - image.shape[1], 0)
         if ph or pw:
@@ -210,23 +243,91 @@ class TrainTransform:
         return out
 
 
-class TestTransform:
-    """Test-time keep-ratio resize of the image only (mmseg ``Resize(scale, keep_ratio=True)``).
+@dataclass(frozen=True)
+class HeightCenterCrop:
+    """RobustNet's Mapillary test geometry (used by FAMix): resize so the height is ``height`` (keep
+    ratio, width floored; bicubic image, nearest label), then centre crop / pad to ``size`` = (h, w).
 
-    ``resize`` = (long, short), or None for native resolution. The label stays at its native size
-    (predictions are upsampled to it before scoring); ``ori_size`` = (H, W) of the label is added.
+    Image pad value ``image_pad``; label pad value ``label_pad``. RobustNet maps the 66 ids to train ids
+    *before* this transform and pads the label with 0, i.e. padded pixels count as **road**
+    (``label_pad=0`` reproduces that quirk; 255 would ignore them). Padding is split evenly (left/top
+    gets the smaller half), crops are centred with ``round((w - tw) / 2)``.
+    """
+
+    height: int
+    size: tuple[int, int]
+    image_pad: int = 0
+    label_pad: int = IGNORE_INDEX
+
+
+def _pil_resize(array: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """PIL resize of a uint8 HxW or HxWx3 array to size=(w, h) (the offline tools of Rein/RobustNet use PIL)."""
+    return np.array(Image.fromarray(np.ascontiguousarray(array)).resize(size, resample=resample))
+
+
+def prehalve(image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rein's offline Mapillary halving (``mapillary_resize.py``): (w // 2, h // 2), PIL bicubic for the
+    image and PIL nearest for the label (which is then the scoring label). Rein also re-encodes the halved
+    image as JPEG; that lossy step is not reproduced."""
+    h, w = label.shape[:2]
+    size = (max(1, w // 2), max(1, h // 2))
+    return _pil_resize(image, size, Image.BICUBIC), _pil_resize(label, size, Image.NEAREST)
+
+
+def height_center_crop(image: np.ndarray, label: np.ndarray, spec: HeightCenterCrop) -> tuple[np.ndarray, np.ndarray]:
+    """Apply :class:`HeightCenterCrop` to an image/label pair (both change; the label is scored as is)."""
+    h, w = label.shape[:2]
+    if h != spec.height:
+        nw = max(1, int(w / h * spec.height))
+        image = _pil_resize(image, (nw, spec.height), Image.BICUBIC)
+        label = _pil_resize(label, (nw, spec.height), Image.NEAREST)
+    th, tw = spec.size
+    for axis, target in ((0, th), (1, tw)):
+        n = label.shape[axis]
+        if n > target:
+            start = int(round((n - target) / 2.0))
+            index = slice(start, start + target)
+            image = image[index] if axis == 0 else image[:, index]
+            label = label[index] if axis == 0 else label[:, index]
+        elif n < target:
+            before = (target - n) // 2
+            pad = (before, target - n - before)
+            image = np.pad(image, (pad, (0, 0), (0, 0)) if axis == 0 else ((0, 0), pad, (0, 0)),
+                           constant_values=spec.image_pad)
+            label = np.pad(label, (pad, (0, 0)) if axis == 0 else ((0, 0), pad), constant_values=spec.label_pad)
+    return np.ascontiguousarray(image), np.ascontiguousarray(label)
+
+
+class TestTransform:
+    """Test-time geometry: optional label-space steps, then the keep-ratio resize of the image only.
+
+    1. ``prehalve`` (Rein's Mapillary): image and label halved offline (:func:`prehalve`);
+    2. ``center_crop`` (RobustNet/FAMix Mapillary): :class:`HeightCenterCrop` on image and label;
+    3. ``resize`` = (long, short): mmseg ``Resize(scale, keep_ratio=True)`` of the image only, or None.
+
+    Scoring happens at the label size after steps 1-2 (``ori_size`` = (H, W) of that label); the
+    prediction is upsampled to it before argmax.
     """
 
     __test__ = False  # not a pytest class
 
-    def __init__(self, resize: tuple[int, int] | None) -> None:
+    def __init__(self, resize: tuple[int, int] | None, *, prehalve: bool = False,
+                 center_crop: HeightCenterCrop | None = None) -> None:
         self.resize = None if resize is None else (int(resize[0]), int(resize[1]))
+        self.prehalve = bool(prehalve)
+        self.center_crop = center_crop
 
     def __repr__(self) -> str:
-        return f"TestTransform(resize={self.resize})"
+        extra = (", prehalve=True" if self.prehalve else "") + (
+            f", center_crop={self.center_crop}" if self.center_crop is not None else "")
+        return f"TestTransform(resize={self.resize}{extra})"
 
     def __call__(self, sample: dict[str, Any], rng: np.random.Generator | None = None) -> dict[str, Any]:
         image, label = sample["image"], sample["label"]
+        if self.prehalve:
+            image, label = prehalve(image, label)
+        if self.center_crop is not None:
+            image, label = height_center_crop(image, label, self.center_crop)
         h, w = image.shape[:2]
         if self.resize is not None:
             nw, nh = rescale_size(w, h, self.resize)

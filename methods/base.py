@@ -69,6 +69,9 @@ class TrainRecipe:
     augmentation: dict[str, Any] = field(default_factory=dict)  # datasets.transforms.TrainAugmentation kwargs
     gta_split: str = "all"  # decisions.md §5: "all" (Rein lineage) or "train" (RobustNet list)
     eval_variant: str = "default"  # the paper's own evaluation variant name
+    # DAFormer-style rare-class sampling, e.g. dict(class_temp=100.0, min_pixels=3000, min_crop_ratio=0.5)
+    # (datasets.sampling.RareClassSampling keys); None = uniform sampling
+    rare_class_sampling: dict[str, Any] | None = None
     checkpoint_interval: int = 2000
     log_interval: int = 50
     source: str = ""  # where the recipe comes from (config file of the reference code)
@@ -112,6 +115,19 @@ class Method(nn.Module, abc.ABC):
     @abc.abstractmethod
     def recipe(cls, *, source: str = "gta5", scale: str = "paper", backbone: str | None = None) -> TrainRecipe:
         """The paper's training recipe for this source domain (or its CPU-sized twin)."""
+
+    @classmethod
+    def config_for_source(cls, config: MethodConfig, source: str) -> MethodConfig:
+        """Hook: adapt a config to the source domain it trains on (e.g. FAMix freezes more of the backbone for
+        synthetic sources than for Cityscapes). The runner calls it after ``default_config``. Identity here."""
+        return config
+
+    def prepare(self, train_dataset: Any, cache_dir: Path | None, log: Any = print, *, seed: int = 0,
+                device: torch.device | None = None) -> dict[str, Any] | None:
+        """Hook the runner calls once before training, after the official weights are loaded (e.g. FAMix's
+        style mining, cached under ``cache_dir``). Returns a small dict for the result record, or None.
+        A no-op here."""
+        return None
 
     # ------------------------------------------------------------------ the two calls
     def normalize(self, images: Tensor) -> Tensor:

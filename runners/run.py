@@ -2,13 +2,16 @@
 
 Without a data root (``--data-root`` / ``$DGSS_DATA_ROOT``) the run uses the built-in miniature benchmark
 and the method's CPU-sized configuration; with one, the paper recipe at real scale. Every run writes a
-result record (``<out>/result.json``) with the full resolved spec.
+result record (``<out>/result.json``) with the full resolved spec and the fingerprints of the dataset splits
+it used (``datasets``: ``{"<dataset>/<split>": fingerprint}``, see ``datasets.fingerprint``). ``--export``
+also writes the predictions of the protocol's export splits (ACDC test) in the server's submission format.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import os
 import sys
@@ -19,21 +22,26 @@ from typing import Any, Sequence
 import torch
 
 from benchmarks.evaluate import evaluate_split
-from benchmarks.metrics import mean_over_targets, rpd
-from benchmarks.protocols import Protocol, get_protocol, list_protocols, list_variants
-from datasets import build_dataset
+from benchmarks.export import check_submission, export_predictions, zip_submission
+from benchmarks.metrics import classes_subset_miou, mean_over_targets, rpd
+from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get_protocol, list_protocols,
+                                  list_variants, load_split)
+from datasets.base import ConcatSegmentationDataset
+from datasets.fingerprint import dataset_fingerprints
+from datasets.sampling import RareClassCropDataset, RareClassSampler, RareClassSampling, RareClassStats
 from datasets.labels import CITYSCAPES_CLASSES
 from datasets.miniature import ensure_miniature, is_miniature_root
-from datasets.transforms import TestTransform, TrainAugmentation, TrainTransform
+from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.base import Method, TrainRecipe
+from methods.backbones.vit import set_grad_checkpointing
 from methods.registry import get_method_class, list_methods
-from methods.weights import weights_dir_from
+from methods.weights import default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 from runners import distributed
 from runners.train import Trainer
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
-PATH_KEYS = ("data_root", "weights_dir", "out")  # machine-specific: not part of the spec hash
+PATH_KEYS = ("data_root", "weights_dir", "out", "datasets")  # machine/data-specific: not part of the spec hash
 BOOKKEEPING_RECIPE_KEYS = ("checkpoint_interval", "log_interval", "source")  # do not change results
 
 
@@ -67,8 +75,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="weights to evaluate with --eval-only")
     parser.add_argument("--no-reference", action="store_true", help="skip the rPD reference split")
+    parser.add_argument("--export", action="store_true",
+                        help="also write the predictions of the protocol's export splits (e.g. ACDC test) in the "
+                             "server's submission format to <out>/export/<key>/ (+ .zip); with --eval-only "
+                             "--checkpoint CKPT this exports a trained model")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
-    parser.add_argument("--workers", type=int, default=None, help="data loader workers")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="data loader workers for training and evaluation (default on CUDA: "
+                             "min(8, cores per process - 1); 0 on CPU)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the training step (measure first: python -m benchmarks.speed --compile)")
+    parser.add_argument("--grad-checkpointing", action="store_true",
+                        help="activation checkpointing of the ViT blocks (less memory, ~1/3 more compute); "
+                             "does not change results or the run's spec hash")
+    parser.add_argument("--eval-batch-windows", type=int, default=None,
+                        help="sliding windows per forward pass in evaluation (default 8 on CUDA, 1 on CPU)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build the model at real scale on the meta device, print the resolved spec and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -123,23 +144,46 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
     recipe = cls.recipe(source=source, scale=scale, backbone=backbone).replace(
         iterations=args.iters, batch_size=args.batch_size, lr=args.lr,
         checkpoint_interval=args.checkpoint_interval, log_interval=args.log_interval)
-    protocol = get_protocol(args.protocol, miniature=miniature, variant=args.eval_variant)
-    if protocol.source.dataset == "gta5":
-        protocol = dataclasses.replace(protocol, source=dataclasses.replace(protocol.source, split=recipe.gta_split))
-    config = cls.default_config(backbone, scale=scale)
+    protocol = with_source_splits(get_protocol(args.protocol, miniature=miniature, variant=args.eval_variant),
+                                  recipe.gta_split)
+    config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
     weights_dir = weights_dir_from(args.weights_dir)
     spec = {
         "method": cls.name, "backbone": backbone, "scale": scale, "seed": args.seed,
-        "model": dataclasses.asdict(config), "recipe": dataclasses.asdict(recipe),
+        "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),
         "protocol": protocol.to_dict(), "protocol_hash": protocol.content_hash(), "miniature": miniature,
         "data_root": str(data_root), "weights_dir": str(weights_dir) if weights_dir else None,
     }
+    if miniature:
+        # which miniature benchmark (generator version and parameters) is part of the run's identity
+        manifest = json.loads((data_root / "MINIATURE.json").read_text())
+        spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
     spec_hash = content_hash(hashed_spec(spec))
     name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}-s{args.seed}-{spec_hash[:8]}"
     out = Path(args.out) if args.out else Path("runs") / name
     spec["out"] = str(out)
     return ResolvedRun(cls, backbone, scale, config, recipe, protocol, data_root, miniature, weights_dir,
                        args.seed, out, spec, spec_hash)
+
+
+def with_source_splits(protocol: Protocol, gta_split: str) -> Protocol:
+    """The recipe's synthetic-source split (decisions.md §5: "all" or the RobustNet "train" list) for every
+    GTA5 source, and for SYNTHIA sources when it is "all" or "train" (tqdm/FAMix use both RobustNet lists)."""
+    def fix(s: SplitSpec) -> SplitSpec:
+        if s.dataset == "gta5" or (s.dataset == "synthia" and gta_split in ("all", "train")):
+            return dataclasses.replace(s, split=gta_split)
+        return s
+    return dataclasses.replace(protocol, source=fix(protocol.source),
+                               extra_sources=tuple(fix(s) for s in protocol.extra_sources))
+
+
+def recipe_dict(recipe: TrainRecipe) -> dict[str, Any]:
+    """The recipe for the spec; ``rare_class_sampling`` is left out when off, so specs (and their hashes)
+    of recipes without it are unchanged."""
+    d = dataclasses.asdict(recipe)
+    if d.get("rare_class_sampling") is None:
+        d.pop("rare_class_sampling", None)
+    return d
 
 
 def dry_run(run: ResolvedRun) -> dict[str, Any]:
@@ -155,8 +199,84 @@ def dry_run(run: ResolvedRun) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- main job
 def split_dataset(run: ResolvedRun, split_spec, transform):
-    return build_dataset(split_spec.dataset, split_spec.split, run.data_root,
-                         mapillary_mapping=split_spec.mapillary_mapping or "robustnet", transform=transform)
+    return load_split(split_spec, run.data_root, transform)
+
+
+def training_dataset(run: ResolvedRun, transform):
+    """The protocol's training split(s): one dataset, or GTA5 + SYNTHIA read as one."""
+    parts = [split_dataset(run, s, transform) for s in run.protocol.sources]
+    return parts[0] if len(parts) == 1 else ConcatSegmentationDataset(parts)
+
+
+def data_fingerprints(run: ResolvedRun, args: argparse.Namespace, log=None) -> dict[str, str]:
+    """``{"<dataset>/<split>": fingerprint}`` of every split this run reads (datasets.fingerprint)."""
+    splits = [] if args.eval_only else list(run.protocol.sources)
+    splits += list(run.protocol.targets) + ([] if args.no_reference else [run.protocol.reference])
+    splits += list(run.protocol.exports) if args.export else []
+    return dataset_fingerprints([(s.dataset, s.split) for s in splits], run.data_root, log=log)
+
+
+def rare_class_setup(run: ResolvedRun, train_set, log=print):
+    """(dataset, sampler factory, record info) for the recipe's rare-class sampling, or the dataset unchanged."""
+    if not run.recipe.rare_class_sampling:
+        return train_set, None, None
+    config = RareClassSampling.from_dict(run.recipe.rare_class_sampling)
+    with distributed.main_first():  # rank 0 counts the class pixels and caches them; the others read the cache
+        stats = RareClassStats.from_dataset(train_set, config, log=log)
+    info = {"config": config.to_dict(), "class_probabilities": {CITYSCAPES_CLASSES[c]: round(p, 6) for c, p in
+                                                                stats.class_probabilities().items()}}
+    log(f"rare-class sampling (T={config.class_temp}): {len(stats.classes)} classes can be drawn")
+    return RareClassCropDataset(train_set, config), functools.partial(RareClassSampler, stats), info
+
+
+def split_result(run: ResolvedRun, ev, split_spec: SplitSpec) -> dict[str, Any]:
+    """Scores of one split; ``miou`` is over the split's reported classes (19, or 16/13 for the SYNTHIA
+    conventions, then ``miou_19`` keeps the 19-class value)."""
+    out = {"miou": ev.score.miou, "acc": ev.score.acc, "num_images": ev.num_images,
+           "per_class_iou": dict(zip(CITYSCAPES_CLASSES, ev.score.per_class_iou)),
+           "confusion": os.path.relpath(ev.per_image_path, run.out), "seconds": ev.seconds,
+           "num_classes": len(split_spec.reported_classes)}
+    if len(split_spec.reported_classes) != len(CITYSCAPES_CLASSES):
+        out["miou"] = classes_subset_miou(ev.confusion, split_spec.reported_classes)
+        out["miou_19"] = ev.score.miou
+        out["classes_reported"] = [CITYSCAPES_CLASSES[c] for c in split_spec.reported_classes]
+    return out
+
+
+def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, log=print) -> dict[str, Any]:
+    """Write the protocol's export splits (benchmarks.export) and zip each; returns the record entry."""
+    out: dict[str, Any] = {}
+    if not run.protocol.exports:
+        log(f"--export: protocol {run.protocol.name} has no export splits; nothing written")
+    for s in run.protocol.exports:
+        folder = run.out / "export" / s.key
+        dataset = split_dataset(run, s, build_test_transform(s))
+        res = export_predictions(method.predict, dataset, run.protocol.inference, folder, key=s.key, device=device,
+                                 autocast_dtype=amp_dtype, progress=progress)
+        problems = check_submission(folder, dataset, id_format=res.id_format, decode=False)
+        if problems:
+            raise RuntimeError(f"export {s.key} in {folder} is incomplete: " + "; ".join(problems))
+        archive = zip_submission(folder)
+        out[s.key] = {"dir": os.path.relpath(folder, run.out), "zip": os.path.relpath(archive, run.out),
+                      "num_images": res.num_images, "id_format": res.id_format,
+                      "dataset": f"{s.dataset}/{s.split}"}
+        log(f"exported {res.num_images} {s.key} predictions ({res.id_format}) to {archive}")
+    return out
+
+
+def default_workers(device: torch.device) -> int:
+    """Data loader workers when --workers is not given: none on a CPU; on CUDA min(8, cores per process - 1)
+    (Rein's GTA pipeline costs ~50-100 ms per sample on one core: check with ``python -m benchmarks.speed --data``)."""
+    if device.type != "cuda":
+        return 0
+    per_process = (os.cpu_count() or 2) // max(1, distributed.info().world_size)
+    return max(1, min(8, per_process - 1))
+
+
+def eval_batch_windows(args: argparse.Namespace, device: torch.device) -> int:
+    """Sliding windows per forward pass: 8 on CUDA (same scores as 1 up to float rounding), 1 on a CPU."""
+    value = getattr(args, "eval_batch_windows", None)
+    return int(value) if value else (8 if device.type == "cuda" else 1)
 
 
 def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[str, Any]:
@@ -172,6 +292,9 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
             f"{'not found in ' + str(run.weights_dir) if missing else ''}")
         log("!! The backbone is randomly initialised; the result is recorded with pretrained: false.")
         log("!" * 100)
+    with distributed.main_first():  # fingerprints also catch missing/partial splits before any GPU time
+        fingerprints = data_fingerprints(run, args, log)
+    run.spec["datasets"] = fingerprints
     run.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run.out / "spec.json", {**run.spec, "spec_hash": run.spec_hash})
 
@@ -183,15 +306,25 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
             train_info = {"checkpoint": str(args.checkpoint), "key_report": report.summary()}
     else:
         aug = TrainAugmentation(crop_size=run.recipe.crop_size, **run.recipe.augmentation)
-        train_set = split_dataset(run, run.protocol.source, TrainTransform(aug))
-        log(f"training {run.method_class.name} ({run.backbone}, {run.scale}) on {run.protocol.source.dataset}/"
-            f"{run.protocol.source.split} ({len(train_set)} images) for {run.recipe.iterations} iterations, "
+        train_set = training_dataset(run, TrainTransform(aug))
+        log(f"training {run.method_class.name} ({run.backbone}, {run.scale}) on {train_set.name}/"
+            f"{train_set.split} ({len(train_set)} images) for {run.recipe.iterations} iterations, "
             f"batch {run.recipe.batch_size}, on {device}")
-        workers = args.workers if args.workers is not None else (4 if device.type == "cuda" else 0)
+        with distributed.main_first():  # e.g. FAMix's style mining: rank 0 fills the cache, the others read it
+            prepared = method.prepare(train_set, default_hash_cache().parent, log, seed=run.seed, device=device)
+        workers = args.workers if args.workers is not None else default_workers(device)
+        if getattr(args, "grad_checkpointing", False):
+            set_grad_checkpointing(method, True)
+        train_set, sampler_factory, rcs_info = rare_class_setup(run, train_set, log)
         trainer = Trainer(method, run.recipe, train_set, out_dir=run.out, seed=run.seed, device=device,
-                          spec_hash=run.spec_hash, num_workers=workers, progress=not args.no_progress, log=log)
+                          spec_hash=run.spec_hash, num_workers=workers, progress=not args.no_progress, log=log,
+                          sampler_factory=sampler_factory, compile=getattr(args, "compile", False))
         result = trainer.run(resume=args.resume)
         train_info = dataclasses.asdict(result)
+        if rcs_info:
+            train_info["rare_class_sampling"] = rcs_info
+        if prepared:
+            train_info["prepare"] = prepared
         if not distributed.is_main():  # DDP: rank 0 alone saves, evaluates and writes the record
             return {}
         torch.save(method.checkpoint_state_dict(), run.out / "model_final.pt")
@@ -204,22 +337,19 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     evaluations = {}
     t_eval = time.perf_counter()
     for split_spec in splits:
-        dataset = split_dataset(run, split_spec, TestTransform(split_spec.test_resize))
+        dataset = split_dataset(run, split_spec, build_test_transform(split_spec))
         evaluations[split_spec.key] = evaluate_split(
             method.predict, dataset, run.protocol.inference, key=split_spec.key, device=device,
-            out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=not args.no_progress)
+            out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=not args.no_progress,
+            batch_windows=eval_batch_windows(args, device),
+            num_workers=args.workers if getattr(args, "workers", None) is not None else default_workers(device))
     eval_seconds = time.perf_counter() - t_eval
 
-    def split_result(ev) -> dict[str, Any]:
-        return {"miou": ev.score.miou, "acc": ev.score.acc, "num_images": ev.num_images,
-                "per_class_iou": dict(zip(CITYSCAPES_CLASSES, ev.score.per_class_iou)),
-                "confusion": os.path.relpath(ev.per_image_path, run.out), "seconds": ev.seconds}
-
-    targets = {s.key: split_result(evaluations[s.key]) for s in run.protocol.targets}
+    targets = {s.key: split_result(run, evaluations[s.key], s) for s in run.protocol.targets}
     results: dict[str, Any] = {"targets": targets,
                                "mean_miou": mean_over_targets({k: v["miou"] for k, v in targets.items()})}
     if not args.no_reference:
-        ref = split_result(evaluations[run.protocol.reference.key])
+        ref = split_result(run, evaluations[run.protocol.reference.key], run.protocol.reference)
         results["reference"] = {"key": run.protocol.reference.key, **ref}
         results["rpd"] = {k: rpd(v["miou"], ref["miou"]) for k, v in targets.items()}
         results["mean_rpd"] = rpd(results["mean_miou"], ref["miou"])
@@ -233,10 +363,14 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         "seed": run.seed, "pretrained": weights["pretrained"], "weights": weights,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
+        "datasets": fingerprints,
         "timings": {"total_s": time.perf_counter() - t_start, "eval_s": eval_seconds,
                     "train_s": train_info.get("seconds")},
     }
     write_json_atomic(run.out / RECORD_FILE, record)
+    if args.export:  # after the scores are safely written
+        record["exports"] = export_splits(run, method, device, amp_dtype, not args.no_progress, log)
+        write_json_atomic(run.out / RECORD_FILE, record)
     return record
 
 
@@ -244,7 +378,8 @@ def summary_table(record: dict[str, Any]) -> str:
     res = record["results"]
     rows = [("target", "mIoU", "rPD")]
     for key, value in res["targets"].items():
-        rows.append((key, f"{value['miou']:.2f}", f"{res['rpd'][key]:.1f}" if "rpd" in res else "-"))
+        classes = f" [{value['num_classes']} cls]" if value.get("num_classes", 19) != 19 else ""
+        rows.append((key + classes, f"{value['miou']:.2f}", f"{res['rpd'][key]:.1f}" if "rpd" in res else "-"))
     rows.append(("mean", f"{res['mean_miou']:.2f}", f"{res['mean_rpd']:.1f}" if "mean_rpd" in res else "-"))
     if "reference" in res:
         rows.append((f"{res['reference']['key']} (source, rPD ref.)", f"{res['reference']['miou']:.2f}", "100.0"))

@@ -150,8 +150,13 @@ class Trainer:
 
     def __init__(self, method: Method, recipe: TrainRecipe, dataset, *, out_dir: Path, seed: int,
                  device: torch.device, spec_hash: str, num_workers: int = 0, progress: bool = True,
-                 log: Callable[[str], None] = print, stop_after: int | None = None):
+                 log: Callable[[str], None] = print, stop_after: int | None = None,
+                 sampler_factory: Callable[..., Sampler] | None = None, compile: bool = False):
         self.method, self.recipe, self.dataset = method, recipe, dataset
+        self.compile = compile  # torch.compile the training step (graph breaks at the host-side matching)
+        # same signature as DeterministicSampler (e.g. a bound datasets.sampling.RareClassSampler); its
+        # stream must be a pure function of (seed, global sample index) for exact resume
+        self.sampler_factory = sampler_factory or DeterministicSampler
         self.out_dir, self.seed, self.device, self.spec_hash = Path(out_dir), seed, device, spec_hash
         self.num_workers, self.progress, self.log = num_workers, progress, log
         self.stop_after = stop_after  # testing aid: stop (as if killed) after this many iterations
@@ -222,9 +227,11 @@ class Trainer:
         if recipe.batch_size % dist.world_size:
             raise ValueError(f"batch size {recipe.batch_size} is not divisible by {dist.world_size} processes")
         rank_batch = recipe.batch_size // dist.world_size
-        sampler = DeterministicSampler(len(self.dataset), rank_batch, recipe.iterations, self.seed, start,
+        sampler = self.sampler_factory(len(self.dataset), rank_batch, recipe.iterations, self.seed, start,
                                        rank=dist.rank, world_size=dist.world_size)
         step = distributed.ddp_training_step(method, device) if dist.world_size > 1 else method.training_step
+        if self.compile:
+            step = torch.compile(step)
         loader = DataLoader(self.dataset, batch_size=rank_batch, sampler=sampler, collate_fn=collate,
                             num_workers=self.num_workers, pin_memory=device.type == "cuda",
                             persistent_workers=False, drop_last=True,
