@@ -82,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=None,
                         help="data loader workers for training and evaluation (default on CUDA: "
-                             "min(8, cores per process - 1); 0 on CPU)")
+                             "min(12, cores per process - 2); 0 on CPU)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the training step (measure first: python -m benchmarks.speed --compile)")
     parser.add_argument("--grad-checkpointing", action="store_true",
@@ -265,12 +265,14 @@ def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, l
 
 
 def default_workers(device: torch.device) -> int:
-    """Data loader workers when --workers is not given: none on a CPU; on CUDA min(8, cores per process - 1)
-    (Rein's GTA pipeline costs ~50-100 ms per sample on one core: check with ``python -m benchmarks.speed --data``)."""
+    """Data loader workers when --workers is not given: none on a CPU; on CUDA min(12, cores per process - 2),
+    leaving cores to the training process. Rein's GTA pipeline (PNG decode dominates) costs ~90 ms per sample
+    on one core of a 2-core machine, so 90 img/s needs ~8 busy workers: check with
+    ``python -m benchmarks.speed --method M --data``."""
     if device.type != "cuda":
         return 0
     per_process = (os.cpu_count() or 2) // max(1, distributed.info().world_size)
-    return max(1, min(8, per_process - 1))
+    return max(1, min(12, per_process - 2))
 
 
 def eval_batch_windows(args: argparse.Namespace, device: torch.device) -> int:

@@ -82,7 +82,7 @@ class ViTConfig:
     pos_interp: str = "bicubic"  # pos-embed resize at load and at run time (tqdm CLIP-B: bilinear)
     mean: tuple[float, float, float] = IMAGENET_MEAN  # 0..255 scale
     std: tuple[float, float, float] = IMAGENET_STD
-    grad_checkpointing: bool = False  # activation checkpointing per block (training only)
+    grad_checkpointing: bool = False  # activation checkpointing per block whenever gradients flow through it
 
     def __post_init__(self) -> None:
         if self.family not in FAMILIES:
@@ -390,17 +390,20 @@ class ViTBackbone(nn.Module):
         rope = None
         if self.cfg.family == "eva02" and self.vit.rope is not None:
             rope = self.vit.rope.get_embed(shape=[h, w])
-        use_ckpt = self.cfg.grad_checkpointing and self.training and torch.is_grad_enabled()
+        # Activation checkpointing whenever a backward will run through the blocks: a fine-tuned backbone, or a
+        # frozen one (eval mode) whose tokens carry gradients from a trainable between-block hook (Rein).
+        use_ckpt = self.cfg.grad_checkpointing and torch.is_grad_enabled()
         features: list[Tensor] = []
         cls_tokens: list[Tensor] = []
         for i, blk in enumerate(self.vit.blocks):
+            ckpt = use_ckpt and (t.requires_grad or not self._frozen)
             if rope is not None:
-                if use_ckpt:
+                if ckpt:
                     t = torch.utils.checkpoint.checkpoint(blk, t, rope, use_reentrant=False)
                 else:
                     t = blk(t, rope=rope)
             else:
-                t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False) if use_ckpt else blk(t)
+                t = torch.utils.checkpoint.checkpoint(blk, t, use_reentrant=False) if ckpt else blk(t)
             if after_block is not None:
                 t = after_block(i, t, (h, w))
             if i in self._tap_set:
@@ -431,6 +434,19 @@ class ViTBackbone(nn.Module):
         self.to_empty(device=device)
         materialize_buffers(self, device)
         return self
+
+
+def set_grad_checkpointing(module: nn.Module, enable: bool = True) -> int:
+    """Switch per-block activation checkpointing of every :class:`ViTBackbone` inside ``module`` at run time.
+
+    Only the backbones' own config copies change (the method's config, and so a run's spec hash, stay as they
+    are: checkpointing changes memory and time, not results). Returns the number of backbones switched."""
+    n = 0
+    for m in module.modules():
+        if isinstance(m, ViTBackbone):
+            m.cfg = dataclasses.replace(m.cfg, grad_checkpointing=bool(enable))
+            n += 1
+    return n
 
 
 def count_params(module: nn.Module, trainable_only: bool = False) -> int:
