@@ -40,11 +40,20 @@ def _squeue(job_id):
     return out.strip().split("|") if out.strip() else ["", ""]
 
 
-def _release_requeue_holds(statuses):
-    """Slurm holds a requeued job for ~2 minutes (Reason=BeginTime); let it start now."""
+_HELD_SINCE: dict[str, float] = {}
+
+
+def _release_requeue_holds(statuses, settle_s: float = 8.0):
+    """Slurm holds a requeued job for ~2 minutes (Reason=BeginTime); let it start sooner.
+
+    Not at once: a requeued job restarted within a second of its requeue can be killed by slurmctld with
+    "Job credential revoked" while the node is still cleaning up the previous run, so wait ``settle_s``."""
+    now = time.monotonic()
     for st in statuses:
         if st.state == "pending" and "BeginTime" in st.detail:
-            subprocess.run(["scontrol", "update", f"JobId={st.job_id}", "StartTime=now"], capture_output=True)
+            since = _HELD_SINCE.setdefault(st.job_id, now)
+            if now - since >= settle_s:
+                subprocess.run(["scontrol", "update", f"JobId={st.job_id}", "StartTime=now"], capture_output=True)
 
 
 def _wait(sweep_dir, until, timeout_s, what):
