@@ -19,6 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.evaluate import load_confusions
+from benchmarks.metrics import mean_iou
+
 __all__ = ["load_confusion_file", "align_by_names", "bootstrap_miou", "percentile_ci", "seed_from_key",
            "paired_difference_ci"]
 
@@ -27,8 +30,6 @@ DEFAULT_LEVEL = 0.95
 
 
 def _metrics():
-    from benchmarks.metrics import mean_iou  # imported lazily: benchmarks is finished concurrently
-
     return mean_iou
 
 
@@ -38,15 +39,7 @@ def load_confusion_file(path: Path | str) -> tuple[list[str], np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"per-image confusion file {path} is missing (written by runners.run under "
                                 "<run>/eval/confusion_<target>.npz); re-run the evaluation or drop the CI")
-    with np.load(path, allow_pickle=False) as z:
-        missing = {"names", "confusion"} - set(z.files)
-        if missing:
-            raise ValueError(f"{path}: not a confusion file (missing arrays {sorted(missing)}; has {z.files})")
-        names = [str(n) for n in z["names"]]
-        cms = z["confusion"].astype(np.int64)
-    if cms.ndim != 3 or cms.shape[0] != len(names) or cms.shape[1] != cms.shape[2]:
-        raise ValueError(f"{path}: confusion array of shape {cms.shape} does not match {len(names)} image names")
-    return names, cms
+    return load_confusions(path)
 
 
 def align_by_names(items: Sequence[tuple[list[str], np.ndarray]]) -> np.ndarray:

@@ -355,41 +355,10 @@ def test_dry_run_prints_exact_counts(protocol, capsys):
 
 
 # ------------------------------------------------------------------------------------------ runner smoke
-class _FirstN:
-    """The first ``n`` items of an evaluation split (keeps the end-to-end smoke run short)."""
-
-    def __init__(self, dataset, n):
-        self.dataset, self.n = dataset, min(n, len(dataset))
-        names = getattr(dataset, "names", None)
-        if names is not None:
-            self.names = list(names)[: self.n]
-
-    def __len__(self):
-        return self.n
-
-    def __getitem__(self, index):
-        return self.dataset[index]
 
 
 @pytest.mark.slow
-def test_runner_trains_and_evaluates_two_iterations(tmp_path, monkeypatch):
-    """``runners.run.main`` end to end on the miniature benchmark, Cityscapes source (2 iterations; 1 image
-    per eval split)."""
-    import runners.run as run
-    from runners.records import RECORD_FILE
-
-    real = run.split_dataset
-
-    def few(resolved, split_spec, transform):
-        ds = real(resolved, split_spec, transform)
-        return ds if split_spec is resolved.protocol.source else _FirstN(ds, 1)
-
-    monkeypatch.setattr(run, "split_dataset", few)
-    out = tmp_path / "run"
-    assert run.main(["--method", "set", "--protocol", "city2bm", "--iters", "2", "--batch-size", "2",
-                     "--no-progress", "--out", str(out)]) == 0
-    record = json.loads((out / RECORD_FILE).read_text())
-    assert record["method"] == "set" and record["miniature"] and record["train"]["iterations"] == 2
+def test_runner_trains_and_evaluates_two_iterations(run_tiny_cell):
+    """``runners.run.main`` end to end on the miniature benchmark (2 iterations; 1 image per eval split)."""
+    record = run_tiny_cell("set", "city2bm")
     assert set(record["results"]["targets"]) == {"bdd100k", "mapillary"}
-    assert all(0 <= t["miou"] <= 100 for t in record["results"]["targets"].values())
-    assert "reference" in record["results"]
