@@ -21,14 +21,8 @@ say() { printf '[slurm_ci/down %5.1fs] %s\n' "$(awk "BEGIN{print $EPOCHREALTIME 
 
 [ "$(id -u)" -eq 0 ] || { say "run as root"; exit 1; }
 
-running() {
-    local pid
-    pid=$(tr -cd '0-9' 2>/dev/null <"$1") || return 1
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    # a zombie counts as stopped: PID 1 of a container may reap orphans late
-    [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
-}
+# shellcheck source=runners/slurm_ci/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 stop() {
     local pidfile=$1 name=$2 pid n
     if ! running "$pidfile" "$name"; then

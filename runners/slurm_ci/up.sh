@@ -36,14 +36,8 @@ fail() { say "FAILED: $*"; exit 1; }
 
 [ "$(id -u)" -eq 0 ] || fail "run as root (it installs packages and starts system daemons)"
 
-# running PIDFILE NAME: the pid file names a live (non-zombie) process called NAME
-running() {
-    local pid
-    pid=$(tr -cd '0-9' 2>/dev/null <"$1") || return 1
-    [ -n "$pid" ] && [ -r "/proc/$pid/stat" ] || return 1
-    [ "$(cut -d' ' -f3 "/proc/$pid/stat" 2>/dev/null)" != Z ] || return 1
-    [ "$(cat "/proc/$pid/comm" 2>/dev/null)" = "$2" ]
-}
+# shellcheck source=runners/slurm_ci/common.sh
+. "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 # halt PIDFILE NAME: TERM the daemon, wait (bounded), then KILL
 halt() {
     local pid n
