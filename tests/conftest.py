@@ -65,3 +65,49 @@ def run_tiny_cell(tmp_path, monkeypatch):
         return record
 
     return run_cell
+
+
+@pytest.fixture
+def toy_scene():
+    """Two-class toy scenes (batch 2, 64 px): sky (10) above road (0) at a random horizon, coloured to match."""
+    g = torch.Generator().manual_seed(0)
+    batch, size = 2, 64
+    images = torch.empty(batch, 3, size, size)
+    labels = torch.empty(batch, size, size, dtype=torch.long)
+    for b in range(batch):
+        horizon = int(torch.randint(size // 4, 3 * size // 4, (1,), generator=g))
+        labels[b, :horizon], labels[b, horizon:] = 10, 0
+        images[b, :, :horizon] = torch.tensor([70.0, 130.0, 220.0])[:, None, None]
+        images[b, :, horizon:] = torch.tensor([90.0, 90.0, 90.0])[:, None, None]
+    images += torch.rand(images.shape, generator=g) * 20
+    return images, labels
+
+
+@pytest.fixture
+def region_batch():
+    """A fixed random-image batch (2 x 32 px) with three label regions (classes 0, 1, 13)."""
+    images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 255
+    labels = torch.zeros(2, 32, 32, dtype=torch.long)
+    labels[:, :16] = 1
+    labels[:, 20:, 20:] = 13
+    return images, labels
+
+
+@pytest.fixture
+def overfit():
+    """``overfit(method, optimizer, images, labels, steps)``: train on one fixed batch; returns per-step losses
+    (each loss by name, plus ``total``)."""
+
+    def run(method, optimizer, images, labels, steps):
+        method.train()
+        history = []
+        for _ in range(steps):
+            losses = method.training_step(images, labels)
+            total = sum(losses.values())
+            optimizer.zero_grad()
+            total.backward()
+            optimizer.step()
+            history.append({k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())})
+        return history
+
+    return run

@@ -284,21 +284,7 @@ def test_training_without_a_bank_says_what_to_do():
 
 
 # ------------------------------------------------------------------------------------------ training
-def _scene(batch=2, size=64):
-    """Two-class toy scenes: sky (10) above road (0), horizon at a random height, with colours to match."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.empty(batch, 3, size, size)
-    labels = torch.empty(batch, size, size, dtype=torch.long)
-    for b in range(batch):
-        horizon = int(torch.randint(size // 4, 3 * size // 4, (1,), generator=g))
-        labels[b, :horizon], labels[b, horizon:] = 10, 0
-        images[b, :, :horizon] = torch.tensor([70.0, 130.0, 220.0])[:, None, None]
-        images[b, :, horizon:] = torch.tensor([90.0, 90.0, 90.0])[:, None, None]
-    images += torch.rand(images.shape, generator=g) * 20
-    return images, labels
-
-
-def test_overfit_loss_decreases():
+def test_overfit_loss_decreases(toy_scene, overfit):
     torch.manual_seed(0)
     method = create_method("famix", scale="miniature")
     c = method.config.resnet.channels[0]
@@ -307,15 +293,8 @@ def test_overfit_loss_decreases():
         {k: [(torch.rand(c, generator=g), 0.5 + torch.rand(c, generator=g)) for _ in range(3)] for k in (0, 10, 255)},
         c))
     optimizer = build_optimizer(method, FAMix.recipe(scale="miniature"))
-    images, labels = _scene()
-    method.train()
-    history = []
-    for _ in range(20):
-        loss = method.training_step(images, labels)["loss_ce"]
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        history.append(float(loss.detach()))
+    images, labels = toy_scene
+    history = [h["loss_ce"] for h in overfit(method, optimizer, images, labels, 20)]
     assert sum(history[-3:]) / 3 < 0.5 * sum(history[:3]) / 3, history
     method.eval()
     with torch.no_grad():

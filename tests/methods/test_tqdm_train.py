@@ -11,34 +11,12 @@ from runners.run import main as run_main
 from runners.train import build_optimizer
 
 
-def _scene(batch=2, size=64):
-    """Two-class toy scenes: sky (10) above road (0), horizon at a random height, with colours to match."""
-    g = torch.Generator().manual_seed(0)
-    images = torch.empty(batch, 3, size, size)
-    labels = torch.empty(batch, size, size, dtype=torch.long)
-    for b in range(batch):
-        horizon = int(torch.randint(size // 4, 3 * size // 4, (1,), generator=g))
-        labels[b, :horizon], labels[b, horizon:] = 10, 0
-        images[b, :, :horizon] = torch.tensor([70.0, 130.0, 220.0])[:, None, None]
-        images[b, :, horizon:] = torch.tensor([90.0, 90.0, 90.0])[:, None, None]
-    images += torch.rand(images.shape, generator=g) * 20
-    return images, labels
-
-
-def test_overfit_losses_decrease():
+def test_overfit_losses_decrease(toy_scene, overfit):
     torch.manual_seed(0)
     method = create_method("tqdm", scale="miniature")
     optimizer = build_optimizer(method, tqdm_recipe("gta5", "miniature"))
-    images, labels = _scene()
-    method.train()
-    history = []
-    for _ in range(25):
-        losses = method.training_step(images, labels)
-        total = sum(losses.values())
-        optimizer.zero_grad()
-        total.backward()
-        optimizer.step()
-        history.append({k: float(v.detach()) for k, v in losses.items()} | {"total": float(total.detach())})
+    images, labels = toy_scene
+    history = overfit(method, optimizer, images, labels, 25)
     first, last = history[0], history[-1]
     assert last["total"] < 0.5 * first["total"]
     for key in ("loss_cls", "loss_reg_vision_language", "loss_reg_language"):

@@ -355,22 +355,13 @@ def test_frozen_backbones_trainable_tokens_and_head(tiny):
     model.zero_grad()
 
 
-def test_overfit_a_fixed_batch():
+def test_overfit_a_fixed_batch(region_batch, overfit):
     torch.manual_seed(0)
     model = tiny_vireo().train()
     recipe = vireo_recipe("miniature", lr=1e-2)
     opt = torch.optim.AdamW(model.param_groups(recipe), lr=recipe.lr, weight_decay=recipe.weight_decay)
-    images = torch.rand(2, 3, 32, 32) * 255
-    labels = torch.zeros(2, 32, 32, dtype=torch.long)
-    labels[:, :16] = 1
-    labels[:, 20:, 20:] = 13
-    history = []
-    for _ in range(16):
-        total = sum(model.training_step(images, labels).values())
-        opt.zero_grad()
-        total.backward()
-        opt.step()
-        history.append(total.item())
+    images, labels = region_batch
+    history = [h["total"] for h in overfit(model, opt, images, labels, 16)]
     assert min(history[-4:]) < 0.75 * history[0], history
 
 
