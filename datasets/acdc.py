@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import SamplePair, SegmentationDataset, layout_error, missing_labels_error
+from .base import SamplePair, pair_with_labels, SegmentationDataset, layout_error, missing_labels_error
 from .labels import LABEL_ID_TO_TRAIN_ID
 
 ACDC_CONDITIONS = ("fog", "night", "rain", "snow")
@@ -54,18 +54,13 @@ def acdc_pairs(root: Path, split: str) -> list[SamplePair]:
             raise layout_error(f"acdc: folder {gt_root} is missing", gt_root, ACDC_LAYOUT, ACDC_FIX)
         for seq in sorted(e.name for e in os.scandir(img_root) if e.is_dir()):
             gt_files = {e.name for e in os.scandir(gt_root / seq)} if has_gt and (gt_root / seq).is_dir() else set()
-            for fname in sorted(e.name for e in os.scandir(img_root / seq) if e.name.endswith(_IMG_SUFFIX)):
-                stem = fname[: -len(_IMG_SUFFIX)]
-                img = img_root / seq / fname
-                if not has_gt:
-                    pairs.append(SamplePair(img, None, stem))
-                    continue
-                for suffix in ("_gt_labelTrainIds.png", "_gt_labelIds.png"):
-                    if stem + suffix in gt_files:
-                        pairs.append(SamplePair(img, gt_root / seq / (stem + suffix), stem))
-                        break
-                else:
-                    missing.append((img, gt_root / seq / f"{stem}_gt_labelTrainIds.png"))
+            images = [(img_root / seq / f, f[: -len(_IMG_SUFFIX)])
+                      for f in sorted(e.name for e in os.scandir(img_root / seq) if e.name.endswith(_IMG_SUFFIX))]
+            if not has_gt:
+                pairs.extend(SamplePair(img, None, stem) for img, stem in images)
+                continue
+            pair_with_labels(images, gt_root / seq, gt_files, ("_gt_labelTrainIds.png", "_gt_labelIds.png"),
+                             pairs, missing)
     if missing:
         raise missing_labels_error("acdc", missing, ACDC_LAYOUT, ACDC_FIX, pairs)
     if not pairs:

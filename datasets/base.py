@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Literal
+from typing import Any, Callable, Container, Iterable, Literal, Sequence
 
 import cv2
 import numpy as np
@@ -99,6 +99,19 @@ def find_dataset_dir(data_root: Path, dirnames: Iterable[str], dataset: str, lay
     else:
         problem = f"{dataset}: dataset folder not found under the data root {data_root} (looked for {tried})"
     raise layout_error(problem, data_root / dirnames[0], layout, fix)
+
+
+def pair_with_labels(images: Iterable[tuple[Path, str]], label_dir: Path, label_names: Container[str],
+                     suffixes: Sequence[str], pairs: list[SamplePair], missing: list[tuple[Path, Path]]) -> None:
+    """Pair each ``(image path, stem)`` with the first label ``label_dir / (stem + suffix)`` present in
+    ``label_names``, appending to ``pairs``; an image without one goes to ``missing`` as
+    ``(image, label expected under the first suffix)``."""
+    for image, stem in images:
+        suffix = next((x for x in suffixes if stem + x in label_names), None)
+        if suffix is None:
+            missing.append((image, label_dir / (stem + suffixes[0])))
+        else:
+            pairs.append(SamplePair(image, label_dir / (stem + suffix), stem))
 
 
 def missing_labels_error(dataset: str, missing: list[tuple[Path, Path]], layout: str, fix: str,

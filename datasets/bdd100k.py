@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import SamplePair, SegmentationDataset, layout_error, missing_labels_error
+from .base import SamplePair, pair_with_labels, SegmentationDataset, layout_error, missing_labels_error
 
 BDD100K_SPLITS = ("train", "val", "test")
 BDD100K_LAYOUT = """\
@@ -42,12 +42,7 @@ def bdd100k_pairs(root: Path, split: str) -> list[SamplePair]:
         raise layout_error(f"bdd100k: folder {mask_dir} is missing", mask_dir, BDD100K_LAYOUT, BDD100K_FIX)
     masks = {e.name for e in os.scandir(mask_dir)}
     pairs, missing = [], []
-    for n in names:
-        stem = Path(n).stem
-        if f"{stem}.png" in masks:
-            pairs.append(SamplePair(img_dir / n, mask_dir / f"{stem}.png", stem))
-        else:
-            missing.append((img_dir / n, mask_dir / f"{stem}.png"))
+    pair_with_labels(((img_dir / n, Path(n).stem) for n in names), mask_dir, masks, (".png",), pairs, missing)
     if missing:
         raise missing_labels_error("bdd100k", missing, BDD100K_LAYOUT, BDD100K_FIX, pairs)
     return pairs

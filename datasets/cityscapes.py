@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import SamplePair, SegmentationDataset, layout_error, missing_labels_error
+from .base import SamplePair, pair_with_labels, SegmentationDataset, layout_error, missing_labels_error
 from .labels import LABEL_ID_TO_TRAIN_ID
 
 CITYSCAPES_SPLITS = ("train", "val", "test")
@@ -38,14 +38,9 @@ def cityscapes_pairs(root: Path, split: str) -> list[SamplePair]:
     for city in sorted(e.name for e in os.scandir(img_root) if e.is_dir()):
         gt_city = gt_root / city
         gt_files = {e.name for e in os.scandir(gt_city)} if gt_city.is_dir() else set()
-        for fname in sorted(e.name for e in os.scandir(img_root / city) if e.name.endswith(_IMG_SUFFIX)):
-            stem = fname[: -len(_IMG_SUFFIX)]
-            for suffix in ("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"):
-                if stem + suffix in gt_files:
-                    pairs.append(SamplePair(img_root / city / fname, gt_city / (stem + suffix), stem))
-                    break
-            else:
-                missing.append((img_root / city / fname, gt_city / f"{stem}_gtFine_labelIds.png"))
+        images = sorted(e.name for e in os.scandir(img_root / city) if e.name.endswith(_IMG_SUFFIX))
+        pair_with_labels(((img_root / city / f, f[: -len(_IMG_SUFFIX)]) for f in images), gt_city, gt_files,
+                         ("_gtFine_labelIds.png", "_gtFine_labelTrainIds.png"), pairs, missing)
     if missing:
         raise missing_labels_error("cityscapes", missing, CITYSCAPES_LAYOUT, CITYSCAPES_FIX, pairs)
     if not pairs:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .base import SamplePair, SegmentationDataset, layout_error, missing_labels_error
+from .base import SamplePair, pair_with_labels, SegmentationDataset, layout_error, missing_labels_error
 from .labels import DEFAULT_MAPILLARY_MAPPING, mapillary_lut
 
 MAPILLARY_SPLITS = ("training", "validation")
@@ -60,12 +60,7 @@ def mapillary_pairs(root: Path, split: str) -> list[SamplePair]:
         raise layout_error(f"mapillary: no .jpg images in {img_dir}", img_dir / "<key>.jpg", MAPILLARY_LAYOUT, MAPILLARY_FIX)
     labels = {e.name for e in os.scandir(lab_dir)}
     pairs, missing = [], []
-    for n in names:
-        key = Path(n).stem
-        if f"{key}.png" in labels:
-            pairs.append(SamplePair(img_dir / n, lab_dir / f"{key}.png", key))
-        else:
-            missing.append((img_dir / n, lab_dir / f"{key}.png"))
+    pair_with_labels(((img_dir / n, Path(n).stem) for n in names), lab_dir, labels, (".png",), pairs, missing)
     if missing:
         err = missing_labels_error("mapillary", missing, MAPILLARY_LAYOUT, MAPILLARY_FIX, pairs)
         if any(lab.endswith("_labelTrainIds.png") for lab in labels):

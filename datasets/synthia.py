@@ -15,7 +15,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .base import SamplePair, SegmentationDataset, TRAIN_ID_SANITIZE, layout_error, missing_labels_error, read_index_png
+from .base import SamplePair, pair_with_labels, SegmentationDataset, TRAIN_ID_SANITIZE, layout_error, missing_labels_error, read_index_png
 from .labels import IGNORE_INDEX, SYNTHIA_TO_TRAIN_ID
 
 SYNTHIA_SPLITS = ("all", "train", "val")
@@ -55,13 +55,8 @@ def synthia_pairs(root: Path, split: str) -> list[SamplePair]:
             )
     labels = {e.name for e in os.scandir(lab_dir)}
     pairs, missing = [], []
-    for s in stems:
-        for cand in (f"{s}.png", f"{s}_labelTrainIds.png"):
-            if cand in labels:
-                pairs.append(SamplePair(img_dir / images[s], lab_dir / cand, s))
-                break
-        else:
-            missing.append((img_dir / images[s], lab_dir / f"{s}.png"))
+    pair_with_labels(((img_dir / images[s], s) for s in stems), lab_dir, labels, (".png", "_labelTrainIds.png"),
+                     pairs, missing)
     if missing:
         raise missing_labels_error("synthia", missing, SYNTHIA_LAYOUT, SYNTHIA_FIX, pairs)
     if not pairs:
