@@ -72,8 +72,10 @@ weights + 1024 bias) + 24 gate scalars w_i: 2,990,081 + 787,456 + 24 = 3,777,561
   Linear(256->768)(decoder output) . (class text embeddings, normalised mean over the 80 templates)^T -> 20
   logits, "background" = no-object, no temperature; xavier-uniform weight, zero bias.
 - Mask BCE and Dice on full masks bilinearly upsampled to the label size (``mask_loss_on_points=False``); the
-  Hungarian matcher stays point-sampled. Everything else is Rein's Mask2Former (100 queries, 2/5/5, no-object
-  0.1). The reference head also defines ``feat_conv`` (Conv1x1 256->256) and ``out_conv`` (Conv1x1 256->1),
+  Hungarian matcher stays point-sampled. The class loss is averaged over batch x queries
+  (``class_loss_norm="queries"``: the reference head passes no ``avg_factor``; Rein's divides by the sum of
+  the class weights, mostly 0.1, which would make the term several times stronger). Everything else is Rein's Mask2Former (100
+  queries, 2/5/5, no-object 0.1). The reference head also defines ``feat_conv`` (Conv1x1 256->256) and ``out_conv`` (Conv1x1 256->1),
   which its forward never uses: they are not built here (66,049 parameters fewer than the reference total)
   and their keys are reported as ignored when an official checkpoint is loaded.
 
@@ -115,6 +117,7 @@ from datasets.labels import CITYSCAPES_CLASSES, IGNORE_INDEX
 from methods.backbones.text import IMAGENET_TEMPLATES, CLIPTextEncoder, fill_template, text_config
 from methods.backbones.vit import ViTBackbone, ViTConfig, vit_config
 from methods.base import TrainRecipe
+from methods.heads.criterion import CLASS_LOSS_NORMS
 from methods.registry import register_method
 from methods.rein import Rein, ReinConfig, ReinTokens, rein_recipe
 from methods.weights import KeyReport
@@ -520,6 +523,9 @@ class VireoConfig(ReinConfig):
     gate_init: float = 0.5  # w_i at init (the gate is sigmoid(w_i) = 0.6225)
     prior_loss_weight: float = 0.1
     gate_reduction: int = 16  # DQCM channel-gate reduction
+    # class loss averaged over batch x queries: the reference head calls mmdet's CrossEntropyLoss without
+    # avg_factor (vireo/models/heads/vireo_mask2former.py:355), where Rein's divides by the class-weight sum
+    class_loss_norm: str = "queries"
     text_init_seed: int = 0  # seed of the text tower's random initialisation when no CLIP file is loaded
 
     def __post_init__(self) -> None:
@@ -568,6 +574,9 @@ class Vireo(Rein):
                                                  head.hidden_dim, head.num_queries)
         self.decode_head.class_predictor = TextClassifier(head.hidden_dim, tcfg.embed_dim,
                                                           len(config.head_templates), num_texts)
+        if config.class_loss_norm not in CLASS_LOSS_NORMS:
+            raise ValueError(f"VireoConfig.class_loss_norm={config.class_loss_norm!r}: expected {CLASS_LOSS_NORMS}")
+        self.decode_head.criterion.class_loss_norm = config.class_loss_norm
         self.class_names: tuple[str, ...] = tuple(config.class_names)
         self._clip_path: str | None = None
         self._text_ready = False

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 
 from .matcher import HungarianMatcher, point_sample
 
-__all__ = ["Mask2FormerCriterion", "dice_loss", "sigmoid_bce_loss", "semantic_targets", "uncertain_point_coords"]
+__all__ = ["CLASS_LOSS_NORMS", "Mask2FormerCriterion", "dice_loss", "sigmoid_bce_loss", "semantic_targets", "uncertain_point_coords"]
 
 
 def semantic_targets(labels: Tensor, num_classes: int, ignore_index: int = 255) -> list[dict[str, Tensor]]:
@@ -83,11 +83,16 @@ def uncertain_point_coords(mask_logits: Tensor, num_points: int, oversample_rati
     return picked
 
 
+CLASS_LOSS_NORMS = ("class_weights", "queries")
+
+
 class Mask2FormerCriterion(nn.Module):
     """Hungarian-matched set loss of Mask2Former, summed over the deep-supervision sets.
 
     Per prediction set: class CE over all queries (unmatched -> no-object, whose class weight is
-    ``no_object_weight``; normalised by the sum of the class weights), and for matched queries a
+    ``no_object_weight``), normalised by the sum of the class weights (``class_loss_norm="class_weights"``,
+    mmdet's ``avg_factor``) or averaged over batch x queries (``"queries"``: Vireo's head calls the loss
+    without ``avg_factor``); and for matched queries a
     sigmoid BCE and a naive Dice (eps 1), both on ``num_points`` importance-sampled points
     (``mask_loss_on_points=True``) or on the masks bilinearly upsampled to the target size
     (``False``, MaskFormer style), normalised by the number of target masks in the batch.
@@ -97,8 +102,11 @@ class Mask2FormerCriterion(nn.Module):
     def __init__(self, num_classes: int, matcher=None, *, class_weight: float = 2.0, mask_weight: float = 5.0,
                  dice_weight: float = 5.0, no_object_weight: float = 0.1, num_points: int = 12544,
                  oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75,
-                 mask_loss_on_points: bool = True):
+                 mask_loss_on_points: bool = True, class_loss_norm: str = "class_weights"):
         super().__init__()
+        if class_loss_norm not in CLASS_LOSS_NORMS:
+            raise ValueError(f"class_loss_norm={class_loss_norm!r}: expected one of {CLASS_LOSS_NORMS}")
+        self.class_loss_norm = class_loss_norm
         self.num_classes = num_classes
         self.matcher = matcher if matcher is not None else HungarianMatcher(
             class_weight, mask_weight, dice_weight, num_points)
@@ -160,12 +168,16 @@ class Mask2FormerCriterion(nn.Module):
                             for i, (_, j) in enumerate(indices)])  # into the batch's concatenated targets
         matched_labels = torch.cat([t["labels"] for t in targets])[gt_idx]
 
-        # Class loss: weighted CE, normalised per set by the sum of the targets' class weights.
+        # Class loss: weighted CE, normalised per set by the sum of the targets' class weights (or the count).
         target_classes = torch.full(logits.shape[:2], self.num_classes, dtype=torch.long, device=device)
         target_classes[item_idx, query_idx] = matched_labels
         ce = F.cross_entropy(logits.transpose(1, 2), target_classes, weight=self.empty_weight, reduction="none")
-        norm = self.empty_weight[target_classes].view(num_sets, -1).sum(1)
-        loss_cls = (ce.view(num_sets, -1).sum(1) / norm).sum() * self.class_weight
+        per_set = ce.view(num_sets, -1)
+        if self.class_loss_norm == "class_weights":
+            per_set = per_set.sum(1) / self.empty_weight[target_classes].view(num_sets, -1).sum(1)
+        else:  # "queries": mean over batch x queries
+            per_set = per_set.mean(1)
+        loss_cls = per_set.sum() * self.class_weight
 
         if item_idx.numel() == 0:
             zero = masks.sum() * 0.0

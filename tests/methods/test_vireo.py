@@ -2,6 +2,7 @@
 template convolution), the text classifier, open-vocabulary class swap, official checkpoints, the real-scale
 parameter counts and a small overfit run."""
 
+import copy
 import dataclasses
 import json
 import math
@@ -199,6 +200,59 @@ def test_training_step_weights_the_prior_by_0_1(tiny):
     assert prior.shape == (2, 19, 8, 8)  # 19 classes (no background) at stride 4
     assert model.config.prior_loss_weight == 0.1
     torch.testing.assert_close(losses["loss_prior"].detach(), 0.1 * coarse_prior_loss(prior, labels))
+
+
+def _class_loss_by_hand(logits, classes, no_object_weight=0.1, class_weight=2.0, norm="queries"):
+    """Per set: sum over (image, query) of w_y * -log softmax(logits)_y, divided by B*Q ("queries", mmdet's
+    CrossEntropyLoss without avg_factor) or by sum of w_y ("class_weights"); summed over sets, times 2."""
+    total = 0.0
+    for set_logits, set_classes in zip(logits, classes):
+        num, den = 0.0, 0.0
+        for row_logits, row_classes in zip(set_logits.tolist(), set_classes):
+            for lg, y in zip(row_logits, row_classes):
+                w = no_object_weight if y == len(lg) - 1 else 1.0
+                log_z = math.log(sum(math.exp(v) for v in lg))
+                num += w * (log_z - lg[y])
+                den += 1.0 if norm == "queries" else w
+        total += num / den
+    return class_weight * total
+
+
+def test_class_loss_averages_over_batch_and_queries_like_the_reference(tiny):
+    """Vireo's head (vireo_mask2former.py:355) calls the class loss without avg_factor: the mean over
+    batch x queries of the class-weighted CE; Rein's (mmdet) divides by the sum of the class weights."""
+    g = torch.Generator().manual_seed(3)
+    num_classes, queries, batch = 19, 5, 2
+    logits = torch.randn(2, batch, queries, num_classes + 1, generator=g, dtype=torch.float64)  # 2 sets
+    masks = torch.randn(2, batch, queries, 4, 4, generator=g)
+    targets = [{"labels": torch.tensor([3, 7]), "masks": torch.ones(2, 4, 4)},
+               {"labels": torch.tensor([0]), "masks": torch.ones(1, 4, 4)}]
+    matches = [(torch.tensor([1, 4]), torch.tensor([0, 1])), (torch.tensor([2]), torch.tensor([0]))]
+    outputs = {"pred_logits": logits[1], "pred_masks": masks[1],
+               "aux_outputs": [{"pred_logits": logits[0], "pred_masks": masks[0]}]}
+    classes = []
+    for _ in range(2):
+        per_image = []
+        for (q, _), t in zip(matches, targets):
+            row = [num_classes] * queries
+            for qi, label in zip(q.tolist(), t["labels"].tolist()):
+                row[qi] = label
+            per_image.append(row)
+        classes.append(per_image)
+    flat = [logits[s].reshape(-1, num_classes + 1) for s in range(2)]
+    flat_classes = [[c for row in per_image for c in row] for per_image in classes]
+
+    criterion = copy.deepcopy(tiny.decode_head.criterion)
+    criterion.matcher = lambda *_: matches * 2  # fixed matching for both sets
+    assert criterion.class_loss_norm == "queries"
+    got = criterion(outputs, targets)["loss_cls"].item()
+    expected = _class_loss_by_hand([f[None] for f in flat], [[fc] for fc in flat_classes])
+    assert got == pytest.approx(expected, rel=1e-6)
+    criterion.class_loss_norm = "class_weights"  # Rein's normalisation: several times larger
+    rein_value = criterion(outputs, targets)["loss_cls"].item()
+    assert rein_value == pytest.approx(_class_loss_by_hand([f[None] for f in flat], [[fc] for fc in flat_classes],
+                                                           norm="class_weights"), rel=1e-6)
+    assert rein_value > 2 * got
 
 
 def test_coarse_logits_fold_the_template_conv_exactly():
