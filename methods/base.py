@@ -72,6 +72,9 @@ class TrainRecipe:
     # DAFormer-style rare-class sampling, e.g. dict(class_temp=100.0, min_pixels=3000, min_crop_ratio=0.5)
     # (datasets.sampling.RareClassSampling keys); None = uniform sampling
     rare_class_sampling: dict[str, Any] | None = None
+    # checkpoint selection (FAMix's released code): every N iterations and at the end, score the protocol's
+    # source validation split (the rPD reference) and keep the best model; 0 = the last iterate
+    select_interval: int = 0
     checkpoint_interval: int = 2000
     log_interval: int = 50
     source: str = ""  # where the recipe comes from (config file of the reference code)

@@ -24,6 +24,7 @@ import torch
 from benchmarks.evaluate import evaluate_split
 from benchmarks.export import check_submission, export_predictions, zip_submission
 from benchmarks.metrics import classes_subset_miou, mean_over_targets, rpd
+from benchmarks.numerics import PRECISIONS, Numerics, configure_numerics
 from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get_protocol, list_protocols,
                                   list_variants, load_split)
 from datasets.base import ConcatSegmentationDataset
@@ -38,10 +39,18 @@ from methods.registry import get_method_class, list_methods
 from methods.weights import default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 from runners import distributed
+from runners.options import UsageError, apply_overrides, parse_cfg_options
+from runners.profiles import (DEFAULT_PROFILE, FROM_RECIPE, HARMONISED_RUN, NEAREST_SOURCE, NOTES, PROFILES,
+                              Setting, settings_for)
 from runners.train import Trainer
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
 PATH_KEYS = ("data_root", "weights_dir", "out", "datasets")  # machine/data-specific: not part of the spec hash
+NEUTRAL_SPEC = {"profile": DEFAULT_PROFILE, "precision": HARMONISED_RUN["precision"], "cfg_options": []}
+"""Spec keys added after the first records: left out of the hash at these values, so the hashes of earlier
+harmonised runs (and their finished sweep cells) stay valid."""
+OPTIONAL_RECIPE_KEYS = {"rare_class_sampling": None, "select_interval": 0}
+"""Recipe fields left out of the spec at these values (added after the first records)."""
 BOOKKEEPING_RECIPE_KEYS = ("checkpoint_interval", "log_interval", "source")  # do not change results
 
 
@@ -55,10 +64,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--method", required=True, choices=methods)
     parser.add_argument("--protocol", default="gta2cbm", choices=protocols)
-    parser.add_argument("--eval-variant", default="default",
-                        help="named evaluation variant of the protocol (e.g. rein, tqdm); default: harmonised")
+    parser.add_argument("--profile", default=DEFAULT_PROFILE, choices=PROFILES,
+                        help="harmonised (default: comparable across methods) or released (what each official "
+                             "repository does: its seed, precision, evaluation variant and quirks; --dry-run "
+                             "lists them with their official file:line)")
+    parser.add_argument("--eval-variant", default=None,
+                        help="named evaluation variant of the protocol (e.g. rein, tqdm); default: the profile's "
+                             "(harmonised: default; released: the paper's)")
     parser.add_argument("--backbone", default=None, help="backbone name (default: the method's paper backbone)")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=None, help="default: the profile's (harmonised 0; released: "
+                                                               "the official code's)")
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="bf16 (autocast), tf32 or fp32 on a GPU; default: the profile's (harmonised bf16, "
+                             "released fp32). CPU runs are float32 whatever this says")
+    parser.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
+                        help="override method-config or recipe fields, e.g. model.head.num_queries=50 "
+                             "recipe.iterations=100 (typed; an unknown key lists the valid ones)")
     parser.add_argument("--iters", type=int, default=None, help="override the recipe's iterations")
     parser.add_argument("--batch-size", type=int, default=None, help="override the recipe's batch size")
     parser.add_argument("--lr", type=float, default=None, help="override the recipe's base learning rate")
@@ -112,11 +133,14 @@ class ResolvedRun:
     out: Path
     spec: dict[str, Any]
     spec_hash: str
+    profile: str = DEFAULT_PROFILE
+    precision: str = HARMONISED_RUN["precision"]
+    notes: tuple[str, ...] = ()  # official-code findings of the profile (printed and recorded)
 
 
 def hashed_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a spec that identifies a run: no machine paths, no logging/checkpoint cadence."""
-    out = {k: v for k, v in spec.items() if k not in PATH_KEYS}
+    out = {k: v for k, v in spec.items() if k not in PATH_KEYS and not (k in NEUTRAL_SPEC and v == NEUTRAL_SPEC[k])}
     out["recipe"] = {k: v for k, v in spec["recipe"].items() if k not in BOOKKEEPING_RECIPE_KEYS}
     return out
 
@@ -141,29 +165,118 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
             f"from {data_root}; results are labelled miniature and never mixed with real-data results.")
     scale = "miniature" if miniature else "paper"
     source = get_protocol(args.protocol).source.dataset
-    recipe = cls.recipe(source=source, scale=scale, backbone=backbone).replace(
-        iterations=args.iters, batch_size=args.batch_size, lr=args.lr,
-        checkpoint_interval=args.checkpoint_interval, log_interval=args.log_interval)
-    protocol = with_source_splits(get_protocol(args.protocol, miniature=miniature, variant=args.eval_variant),
-                                  recipe.gta_split)
+    profile = getattr(args, "profile", None) or DEFAULT_PROFILE
+    recipe, recipe_origin = method_recipe(cls, source, scale, backbone, log)
     config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
+    settings = settings_for(profile, cls.name, source)
+    run_values = {**HARMONISED_RUN, **{s.key[4:]: s.value for s in settings if s.key.startswith("run.")}}
+    config, recipe = apply_overrides(config, recipe, [(s.key, s.value, None) for s in settings
+                                                      if not s.key.startswith("run.")])
+    recipe = recipe.replace(iterations=args.iters, batch_size=args.batch_size, lr=args.lr,
+                            checkpoint_interval=args.checkpoint_interval, log_interval=args.log_interval)
+    cfg_options = parse_cfg_options(getattr(args, "cfg_options", None))
+    config, recipe = apply_overrides(config, recipe, cfg_options)
+    variant = eval_variant_for(args, run_values["eval_variant"], recipe, log)
+    protocol = with_source_splits(get_protocol(args.protocol, miniature=miniature, variant=variant),
+                                  recipe.gta_split)
+    seed = args.seed if args.seed is not None else run_values["seed"]
+    precision = getattr(args, "precision", None) or run_values["precision"]
     weights_dir = weights_dir_from(args.weights_dir)
     spec = {
-        "method": cls.name, "backbone": backbone, "scale": scale, "seed": args.seed,
+        "method": cls.name, "backbone": backbone, "scale": scale, "seed": seed,
         "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),
         "protocol": protocol.to_dict(), "protocol_hash": protocol.content_hash(), "miniature": miniature,
         "data_root": str(data_root), "weights_dir": str(weights_dir) if weights_dir else None,
+        "profile": profile, "precision": precision, "cfg_options": [f"{k}={t}" for k, _, t in cfg_options],
     }
+    if recipe_origin:
+        spec["recipe_origin"] = recipe_origin
     if miniature:
         # which miniature benchmark (generator version and parameters) is part of the run's identity
         manifest = json.loads((data_root / "MINIATURE.json").read_text())
         spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
     spec_hash = content_hash(hashed_spec(spec))
-    name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}-s{args.seed}-{spec_hash[:8]}"
+    tag = "" if profile == DEFAULT_PROFILE else f"-{profile}"
+    name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}{tag}-s{seed}-{spec_hash[:8]}"
     out = Path(args.out) if args.out else Path("runs") / name
     spec["out"] = str(out)
+    notes = NOTES.get(cls.name, ()) if profile == "released" else ()
+    for note in notes:
+        log(f"warning: {cls.name} released profile: {note}")
     return ResolvedRun(cls, backbone, scale, config, recipe, protocol, data_root, miniature, weights_dir,
-                       args.seed, out, spec, spec_hash)
+                       seed, out, spec, spec_hash, profile, precision, tuple(notes))
+
+
+def method_recipe(cls: type[Method], source: str, scale: str, backbone: str, log=print
+                  ) -> tuple[TrainRecipe, dict[str, str] | None]:
+    """The method's recipe for ``source``; where its paper has none, the nearest source's (profiles.NEAREST_SOURCE),
+    said in one line and returned as the origin ``{"source": ..., "recipe_source": ..., "recipe": ...}``."""
+    try:
+        return cls.recipe(source=source, scale=scale, backbone=backbone), None
+    except ValueError:
+        pass
+    for nearest in NEAREST_SOURCE.get(source, ()):
+        try:
+            recipe = cls.recipe(source=nearest, scale=scale, backbone=backbone)
+        except ValueError:
+            continue
+        log(f"note: {cls.name} has no {source} recipe in its paper; using its {nearest} recipe ({recipe.source})")
+        return recipe, {"source": source, "recipe_source": nearest, "recipe": recipe.source}
+    raise UsageError(f"{cls.name} has no training recipe for source {source} nor a nearby one")
+
+
+def eval_variant_for(args: argparse.Namespace, profile_variant: str, recipe: TrainRecipe, log=print) -> str:
+    """``--eval-variant`` when given (it must exist), else the profile's: ``default``, or the recipe's own
+    variant in the released profile (``default`` with a note where the protocol does not define it)."""
+    variants = list_variants(args.protocol)
+    if args.eval_variant is not None:
+        if args.eval_variant not in variants:
+            raise UsageError(f"--eval-variant {args.eval_variant}: protocol {args.protocol} has variants "
+                             f"{', '.join(variants)}")
+        return args.eval_variant
+    variant = recipe.eval_variant if profile_variant == FROM_RECIPE else profile_variant
+    if variant not in variants:
+        log(f"note: protocol {args.protocol} has no {variant!r} evaluation variant (the recipe's); "
+            "evaluating with 'default'")
+        variant = "default"
+    return variant
+
+
+def profile_differences(method: str, source: str, backbone: str | None = None, scale: str = "paper"
+                        ) -> list[dict[str, Any]]:
+    """Every setting in which the released profile differs from the harmonised one for ``method`` trained on
+    ``source``: key, harmonised value, released value, official file:line."""
+    cls = get_method_class(method)
+    backbone = backbone or cls.backbones[0]
+    recipe, _ = method_recipe(cls, source, scale, backbone, log=lambda *_: None)
+    config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
+    rows = []
+    for s in settings_for("released", method, source):
+        section, _, path = s.key.partition(".")
+        source_text = s.source
+        if section == "run":
+            before, after = HARMONISED_RUN[path], s.value
+            if s.value == FROM_RECIPE:
+                after, source_text = recipe.eval_variant, f"{s.source}: {recipe.source}"
+        else:
+            before, after = _get_path(config if section == "model" else recipe, path), s.value
+        if before != after:
+            rows.append({"key": s.key, "harmonised": before, "released": after, "source": source_text})
+    return rows
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def format_profile_differences(method: str, rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
+    lines = [f"released vs harmonised profile of {method}: {len(rows)} setting(s) differ"]
+    for r in rows:
+        lines.append(f"  {r['key']}: harmonised {r['harmonised']!r} -> released {r['released']!r}  [{r['source']}]")
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)
 
 
 def with_source_splits(protocol: Protocol, gta_split: str) -> Protocol:
@@ -178,11 +291,12 @@ def with_source_splits(protocol: Protocol, gta_split: str) -> Protocol:
 
 
 def recipe_dict(recipe: TrainRecipe) -> dict[str, Any]:
-    """The recipe for the spec; ``rare_class_sampling`` is left out when off, so specs (and their hashes)
-    of recipes without it are unchanged."""
+    """The recipe for the spec; the fields of :data:`OPTIONAL_RECIPE_KEYS` are left out when off, so specs
+    (and their hashes) of recipes without them are unchanged."""
     d = dataclasses.asdict(recipe)
-    if d.get("rare_class_sampling") is None:
-        d.pop("rare_class_sampling", None)
+    for key, off in OPTIONAL_RECIPE_KEYS.items():
+        if d.get(key, off) == off:
+            d.pop(key, None)
     return d
 
 
@@ -194,7 +308,10 @@ def dry_run(run: ResolvedRun) -> dict[str, Any]:
     params = method.parameter_summary()
     return {**run.spec, "spec_hash": run.spec_hash, "params": params,
             "build_seconds_meta": round(time.perf_counter() - t0, 2),
-            "pretrained_files": sorted(method.pretrained_loaders())}
+            "pretrained_files": sorted(method.pretrained_loaders()),
+            "profile_differences": profile_differences(run.method_class.name, run.protocol.source.dataset,
+                                                       run.backbone, run.scale),
+            "profile_notes": list(NOTES.get(run.method_class.name, ()))}
 
 
 # ---------------------------------------------------------------------------------------------- main job
@@ -281,9 +398,31 @@ def eval_batch_windows(args: argparse.Namespace, device: torch.device) -> int:
     return int(value) if value else (8 if device.type == "cuda" else 1)
 
 
+def selection_scorer(run: ResolvedRun, method: Method, device: torch.device, numerics: Numerics,
+                     args: argparse.Namespace, log=print):
+    """``score(iteration) -> mIoU`` on the protocol's source validation split (the rPD reference), for the
+    recipe's checkpoint selection (``select_interval``); per-image results under ``<out>/selection``."""
+    split = run.protocol.reference
+    dataset = split_dataset(run, split, build_test_transform(split))
+
+    def score(iteration: int) -> float:
+        was_training = method.training
+        method.eval()
+        ev = evaluate_split(method.predict, dataset, run.protocol.inference, key=f"{split.key}-it{iteration}",
+                            device=device, out_dir=run.out / "selection", autocast_dtype=numerics.autocast_dtype,
+                            progress=False, batch_windows=eval_batch_windows(args, device))
+        method.train(was_training)
+        miou = split_result(run, ev, split)["miou"]
+        log(f"selection: iteration {iteration}: {split.key} mIoU {miou:.2f}")
+        return miou
+
+    return score
+
+
 def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[str, Any]:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t_start = time.perf_counter()
+    numerics = configure_numerics(run.precision, device)
     torch.manual_seed(run.seed)
     method = run.method_class(run.config)
     weights = method.load_pretrained(run.weights_dir, allow_random_init=run.miniature or args.allow_random_init)
@@ -318,9 +457,11 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         if getattr(args, "grad_checkpointing", False):
             set_grad_checkpointing(method, True)
         train_set, sampler_factory, rcs_info = rare_class_setup(run, train_set, log)
+        validate = selection_scorer(run, method, device, numerics, args, log) if run.recipe.select_interval else None
         trainer = Trainer(method, run.recipe, train_set, out_dir=run.out, seed=run.seed, device=device,
                           spec_hash=run.spec_hash, num_workers=workers, progress=not args.no_progress, log=log,
-                          sampler_factory=sampler_factory, compile=getattr(args, "compile", False))
+                          sampler_factory=sampler_factory, compile=getattr(args, "compile", False),
+                          numerics=numerics, validate=validate)
         result = trainer.run(resume=args.resume)
         train_info = dataclasses.asdict(result)
         if rcs_info:
@@ -330,9 +471,13 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         if not distributed.is_main():  # DDP: rank 0 alone saves, evaluates and writes the record
             return {}
         torch.save(method.checkpoint_state_dict(), run.out / "model_final.pt")
+        if result.selection:  # FAMix's released selection: evaluate the best validated model
+            report = method.load_checkpoint(run.out / result.selection["checkpoint"])
+            log(f"checkpoint selection: evaluating the model of iteration {result.selection['best_iteration']} "
+                f"({run.protocol.reference.key} mIoU {result.selection['best_miou']:.2f}; {report.summary()})")
     method.to(device).eval()
 
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+    amp_dtype = numerics.autocast_dtype
     splits = list(run.protocol.targets)
     if not args.no_reference:
         splits.append(run.protocol.reference)
@@ -362,7 +507,9 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         "method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
         "eval_variant": run.protocol.variant, "protocol_hash": run.protocol.content_hash(),
         "miniature": run.miniature, "benchmark": "miniature" if run.miniature else "real",
-        "seed": run.seed, "pretrained": weights["pretrained"], "weights": weights,
+        "seed": run.seed, "profile": run.profile, "precision": run.precision, "numerics": numerics.as_record(),
+        **({"profile_notes": list(run.notes)} if run.notes else {}),
+        "pretrained": weights["pretrained"], "weights": weights,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
         "datasets": fingerprints,
@@ -397,13 +544,18 @@ def summary_table(record: dict[str, Any]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.eval_variant not in list_variants(args.protocol):
-        raise SystemExit(f"error: protocol {args.protocol} has variants {', '.join(list_variants(args.protocol))}")
     distributed.init_from_environment()  # torchrun / multi-task submitit job: one process per GPU
-    with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
-        run = resolve(args)
+    try:
+        with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
+            run = resolve(args, log=functools.partial(print, file=sys.stderr) if args.dry_run else print)
+    except UsageError as exc:  # a user's mistake, found before any model is built
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     if args.dry_run:
-        print(json.dumps(dry_run(run), indent=2, default=str))
+        info = dry_run(run)
+        print(format_profile_differences(run.method_class.name, info["profile_differences"],
+                                         info["profile_notes"]), file=sys.stderr)
+        print(json.dumps(info, indent=2, default=str))
         return 0
     record = execute(run, args)
     distributed.cleanup()

@@ -1,5 +1,7 @@
-"""The training loop: AdamW/SGD param groups, poly LR with warmup, bf16 autocast on CUDA, gradient clipping,
-atomic checkpoints every N iterations and *exact* resume (same batches, same augmentation, same RNG state).
+"""The training loop: AdamW/SGD param groups, poly LR with warmup, the run's precision (``benchmarks.numerics``:
+bf16 autocast, TF32 or strict fp32), gradient clipping, atomic checkpoints every N iterations and *exact*
+resume (same batches, same augmentation, same RNG state), and optional checkpoint selection (the recipe's
+``select_interval``: score a validation split every N iterations and keep the best model).
 
 Data order is a pure function of (seed, global sample index): sample ``g = it * batch + j`` is element
 ``g % N`` of the permutation of epoch ``g // N``, and its augmentation is seeded with ``(seed, g)``. So a run
@@ -22,6 +24,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
+from benchmarks.numerics import Numerics, resolve_numerics
 from methods.base import Method, TrainRecipe
 from runners import distributed
 
@@ -143,6 +146,8 @@ class TrainResult:
     seconds: float
     final_losses: dict[str, float]
     images_per_second: float
+    # checkpoint selection: {"interval", "best_iteration", "best_miou", "checkpoint", "history": [[it, mIoU]]}
+    selection: dict[str, Any] | None = None
 
 
 class Trainer:
@@ -151,8 +156,15 @@ class Trainer:
     def __init__(self, method: Method, recipe: TrainRecipe, dataset, *, out_dir: Path, seed: int,
                  device: torch.device, spec_hash: str, num_workers: int = 0, progress: bool = True,
                  log: Callable[[str], None] = print, stop_after: int | None = None,
-                 sampler_factory: Callable[..., Sampler] | None = None, compile: bool = False):
+                 sampler_factory: Callable[..., Sampler] | None = None, compile: bool = False,
+                 numerics: Numerics | None = None, validate: Callable[[int], float] | None = None):
         self.method, self.recipe, self.dataset = method, recipe, dataset
+        # precision of the forward pass (default: the harmonised bf16, i.e. autocast on CUDA only)
+        self.numerics = numerics or resolve_numerics("bf16", device)
+        # checkpoint selection: validate(iteration) -> mIoU every recipe.select_interval iterations (rank 0)
+        self.validate = validate if recipe.select_interval else None
+        self.selection: dict[str, Any] = {"interval": recipe.select_interval, "best_iteration": None,
+                                          "best_miou": None, "checkpoint": "checkpoints/best.pt", "history": []}
         self.compile = compile  # torch.compile the training step (graph breaks at the host-side matching)
         # same signature as DeterministicSampler (e.g. a bound datasets.sampling.RareClassSampler); its
         # stream must be a pure function of (seed, global sample index) for exact resume
@@ -161,6 +173,7 @@ class Trainer:
         self.num_workers, self.progress, self.log = num_workers, progress, log
         self.stop_after = stop_after  # testing aid: stop (as if killed) after this many iterations
         self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
+        self.best_path = self.out_dir / self.selection["checkpoint"]
         self.log_path = self.out_dir / "train_log.jsonl"
 
     # -------------------------------------------------------------------------------------
@@ -180,6 +193,8 @@ class Trainer:
         dist = distributed.info()
         set_rng_state(per_rank[dist.rank] if per_rank and len(per_rank) == dist.world_size else ckpt["rng"])
         iteration = int(ckpt["iteration"])
+        if ckpt.get("selection"):
+            self.selection = ckpt["selection"]
         if dist.is_main:
             self._truncate_log(iteration)
             self.log(f"resuming from {self.ckpt_path} at iteration {iteration}")
@@ -200,7 +215,23 @@ class Trainer:
             "iteration": iteration, "model": self.method.checkpoint_state_dict(),
             "optimizer": optimizer.state_dict(), "rng": rngs[0], "spec_hash": self.spec_hash,
             **({"rng_per_rank": rngs} if len(rngs) > 1 else {}),
+            **({"selection": self.selection} if self.validate else {}),
         }, self.ckpt_path)
+
+    def _select(self, iteration: int) -> None:
+        """Score the model (rank 0) and keep it as ``checkpoints/best.pt`` when it beats the best so far
+        (strictly, as FAMix's ``>``). The RNG state is restored afterwards, so selection does not change
+        the training stream."""
+        if not distributed.is_main():
+            return
+        state = rng_state()
+        miou = float(self.validate(iteration))
+        set_rng_state(state)
+        self.selection["history"].append([iteration, miou])
+        if self.selection["best_miou"] is None or miou > self.selection["best_miou"]:
+            self.selection.update(best_iteration=iteration, best_miou=miou)
+            atomic_torch_save({"iteration": iteration, "miou": miou, "model": self.method.checkpoint_state_dict(),
+                               "spec_hash": self.spec_hash}, self.best_path)
 
     def _append_log(self, entry: dict[str, Any]) -> None:
         with self.log_path.open("a") as f:
@@ -220,7 +251,8 @@ class Trainer:
         if start == 0:
             seed_everything(self.seed)
         if start >= recipe.iterations:
-            return TrainResult(recipe.iterations, start, 0.0, {}, 0.0)
+            return TrainResult(recipe.iterations, start, 0.0, {}, 0.0,
+                               selection=dict(self.selection) if self.validate else None)
 
         # DDP (runners.distributed): each rank trains on its slice of the global batch
         dist = distributed.info()
@@ -237,7 +269,6 @@ class Trainer:
                             persistent_workers=False, drop_last=True,
                             # own generator: creating the loader must not consume the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.seed))
-        use_amp = device.type == "cuda"
         params = [p for g in optimizer.param_groups for p in g["params"]]
         method.train()
         bar = None
@@ -253,7 +284,7 @@ class Trainer:
                 g["lr"] = lr_factor(recipe, iteration, g["initial_lr"])
             images = batch["image"].to(device, non_blocking=True)
             labels = batch["label"].to(device, non_blocking=True)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+            with self.numerics.autocast(device.type):
                 losses = step(images, labels)
             total = sum(losses.values())
             optimizer.zero_grad(set_to_none=True)
@@ -276,6 +307,8 @@ class Trainer:
                     self._append_log(entry)
                 if bar is not None:
                     bar.set_postfix(loss=f"{entry['loss']:.3f}")
+            if self.validate and (iteration % recipe.select_interval == 0 or iteration == recipe.iterations):
+                self._select(iteration)
             if iteration % recipe.checkpoint_interval == 0 or iteration == recipe.iterations:
                 self._save(optimizer, iteration)
             if self.stop_after is not None and iteration - start >= self.stop_after:
@@ -288,4 +321,5 @@ class Trainer:
             iterations=iteration, resumed_from=start or None, seconds=seconds,
             final_losses={k: float(v.detach()) for k, v in losses.items()},
             images_per_second=done * recipe.batch_size / seconds if seconds > 0 else math.nan,
+            selection=dict(self.selection) if self.validate else None,
         )
