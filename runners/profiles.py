@@ -57,27 +57,32 @@ _TQDM = "ByeongHyunPak/tqdm"
 _FAMIX = "astra-vision/FAMix"
 
 
-def _mmseg1(repo: str, runtime: str, config: str) -> tuple[Setting, ...]:
+def _mmseg1(repo: str, runtime: str, config: str, test: str) -> tuple[Setting, ...]:
     """Seed, precision and evaluation of an mmseg-1.x repository (Rein and its forks)."""
     return (
         Setting("run.seed", 42, f"{repo} {runtime} (randomness seed=42)"),
         Setting("run.precision", "fp32", f"{repo} {config} (optim_wrapper without AmpOptimWrapper: fp32)"),
-        Setting("run.eval_variant", FROM_RECIPE, f"{repo} test pipeline of the recipe's config"),
+        Setting("run.eval_variant", FROM_RECIPE, f"{repo} {test} (test pipelines of the recipe's config)"),
     )
+
+
+_REIN_TEST = "configs/_base_/datasets/dg_gta_512x512.py:15-29"
 
 
 RELEASED: dict[str, tuple[Setting, ...]] = {
     "rein": _mmseg1(_REIN, "configs/_base_/default_runtime.py:18",
-                    "configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py:26"),
+                    "configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py:26", _REIN_TEST),
     "frozen_m2f": _mmseg1(_REIN, "configs/_base_/default_runtime.py:18",
-                          "configs/frozen_vfms/dinov2-L_mask2former.py:27"),
+                          "configs/frozen_vfms/dinov2-L_mask2former.py:27", _REIN_TEST),
     "set": _mmseg1(_SET, "configs/_base_/default_runtime.py:18",
-                   "configs/my/citys_rein_dinov2_mask2former_512x512_bs1x4.py:26") + (
+                   "configs/my/citys_rein_dinov2_mask2former_512x512_bs1x4.py:26",
+                   "configs/my/citys_rein_dinov2_mask2former_512x512_bs1x4.py:3") + (
         Setting("model.fft_axes", "batch_channel",
                 f"{_SET} rein/models/backbones/reins.py:246 (fft2 over the last two axes of (N, B, C)) and :264"),
     ),
     "vireo": _mmseg1(_VIREO, "configs/_base_/default_runtime.py:17",
-                     "configs/dinov2_domain/vireo_dinov2_mask2former_512x512_bs1x4.py:28"),
+                     "configs/dinov2_domain/vireo_dinov2_mask2former_512x512_bs1x4.py:28",
+                     "configs/_base_/datasets/dg_gta_512x512.py:15-29"),
     "tqdm": (
         Setting("run.seed", 2023, f"{_TQDM} dist_train.sh:9 (--seed 2023)"),
         Setting("run.precision", "fp32", f"{_TQDM} configs/_base_/schedules/schedule_20k.py:1 (optimizer_config "
@@ -95,7 +100,7 @@ RELEASED: dict[str, tuple[Setting, ...]] = {
     "famix": (
         Setting("run.seed", 1, f"{_FAMIX} main.py:60 (--random_seed default 1)"),
         Setting("run.precision", "fp32", f"{_FAMIX} main.py:275 (plain loss.backward(), no autocast)"),
-        Setting("run.eval_variant", FROM_RECIPE, f"{_FAMIX} main.py validate() (whole image)"),
+        Setting("run.eval_variant", FROM_RECIPE, f"{_FAMIX} main.py:78 (validate(): whole image)"),
         Setting("recipe.select_interval", 750, f"{_FAMIX} main.py:62 (--val_interval 750) and main.py:290-307 "
                                                "(validate on the source val split, keep the best)"),
     ),

@@ -45,6 +45,7 @@ from typing import Any, Callable, Sequence
 
 from submitit.helpers import Checkpointable, DelayedSubmission
 
+from runners.options import UsageError
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, now_iso, write_json_atomic
 from runners.slurm import (ExecutorSettings, load_settings_file, local_process_alive, make_executor,
                            slurm_states)
@@ -85,9 +86,9 @@ class Grid:
 
     methods: list[str]
     protocols: list[str]
-    variants: list[str] = field(default_factory=lambda: ["default"])
+    variants: list[str] = field(default_factory=lambda: ["default"])  # [] = the profile's (runners.run)
     backbones: list[str] = field(default_factory=list)
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # [] = the profile's seed (runners.run)
     run_args: list[str] = field(default_factory=list)  # passed to every runners.run (--iters 4 ...)
     kind: str = "run"
 
@@ -132,6 +133,8 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
                                  f"variants: {', '.join(list_variants(p))}")
     parser = run_mod.build_parser()
     messages: list[str] = []
+    variants: list[str | None] = list(grid.variants) or [None]  # None: the profile's variant
+    seeds: list[int | None] = list(grid.seeds) or [None]  # None: the profile's seed
 
     def once(msg: str) -> None:
         if msg not in messages:
@@ -150,15 +153,20 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
                                  f"none of {', '.join(grid.backbones)}")
         else:
             backbones = [supported[0]]
-        for backbone, protocol, variant, seed in itertools.product(backbones, protocols, grid.variants, grid.seeds):
-            argv = ["--method", method, "--backbone", backbone, "--protocol", protocol, "--eval-variant", variant,
-                    "--seed", str(seed), *grid.run_args]
+        for backbone, protocol, variant, seed in itertools.product(backbones, protocols, variants, seeds):
+            argv = ["--method", method, "--backbone", backbone, "--protocol", protocol,
+                    *(["--eval-variant", variant] if variant is not None else []),
+                    *(["--seed", str(seed)] if seed is not None else []), *grid.run_args]
             args = parser.parse_args(argv)
-            run = run_mod.resolve(args, log=once)
+            try:
+                run = run_mod.resolve(args, log=once)
+            except UsageError as exc:
+                raise SystemExit(f"error: {exc}") from None
             if run.miniature and "--data-root" not in argv:
                 argv += ["--data-root", str(run.data_root)]  # the jobs read exactly what was planned
             labels = {"method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
-                      "variant": run.protocol.variant, "seed": seed, "miniature": run.miniature}
+                      "variant": run.protocol.variant, "seed": run.seed, "miniature": run.miniature,
+                      "profile": run.profile}
             cells.setdefault(run.spec_hash, Cell(run.spec_hash, run.out.name, argv, labels))
     return list(cells.values())
 
@@ -167,7 +175,7 @@ def _plan_selftest(grid: Grid) -> list[Cell]:
     cells: dict[str, Cell] = {}
     backbones = grid.backbones or ["tiny"]
     for method, backbone, protocol, variant, seed in itertools.product(
-            grid.methods, backbones, grid.protocols, grid.variants, grid.seeds):
+            grid.methods, backbones, grid.protocols, grid.variants or ["default"], grid.seeds or [0]):
         argv = ["--method", method, "--backbone", backbone, "--protocol", protocol, "--eval-variant", variant,
                 "--seed", str(seed), *grid.run_args]
         key = content_hash({"selftest": argv})
@@ -614,6 +622,7 @@ RUN_PASSTHROUGH = (  # (sweep option, runners.run option, takes a value)
     ("--data-root", "--data-root", True), ("--weights-dir", "--weights-dir", True),
     ("--device", "--device", True), ("--workers", "--workers", True),
     ("--allow-random-init", "--allow-random-init", False), ("--no-reference", "--no-reference", False),
+    ("--profile", "--profile", True), ("--precision", "--precision", True),
 )
 
 
@@ -678,15 +687,21 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("grid")
     g.add_argument("--methods", required=True, help="comma list of methods, or 'all'")
     g.add_argument("--protocols", default="gta2cbm", help="comma list of protocols, or 'all' (default gta2cbm)")
-    g.add_argument("--eval-variants", "--eval-variant", dest="eval_variants", default="default",
-                   help="comma list of evaluation variants (default: default)")
+    g.add_argument("--eval-variants", "--eval-variant", dest="eval_variants", default=None,
+                   help="comma list of evaluation variants (default: the profile's: harmonised 'default', "
+                        "released the paper's)")
     g.add_argument("--backbones", "--backbone", dest="backbones", default=None,
                    help="comma list of backbones, or 'all' (default: each method's paper backbone)")
-    g.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2), a list (0,4,7) or a range (5:8)")
+    g.add_argument("--seeds", default=None, help="a count (3 = seeds 0,1,2), a list (0,4,7) or a range (5:8) "
+                                                 "(default: one run with the profile's seed: harmonised 0, "
+                                                 "released the official code's)")
     g.add_argument("--out", default=None, help="sweep folder (default: runs/sweeps/sweep-<grid hash>)")
     r = p.add_argument_group("passed to every runners.run")
     for opt, _, takes in RUN_PASSTHROUGH:
-        r.add_argument(opt, default=None, action=None if takes else "store_true")
+        choices = {"--profile": ("harmonised", "released"), "--precision": ("bf16", "tf32", "fp32")}.get(opt)
+        r.add_argument(opt, default=None, **({"choices": choices} if takes else {"action": "store_true"}))
+    r.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
+                   help="method-config / recipe overrides for every cell (see runners.run --help)")
     r.add_argument("--run-args", default="", help="further runners.run arguments, one quoted string")
     _add_executor_options(p)
     c = p.add_argument_group("control")
@@ -720,16 +735,22 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
             run_args += [run_opt, str(value)]
         elif not takes and value:
             run_args.append(run_opt)
+    if args.cfg_options:
+        run_args += ["--cfg-options", *args.cfg_options]
     run_args += shlex.split(args.run_args)
     return Grid(methods=_split(args.methods), protocols=_split(args.protocols), variants=_split(args.eval_variants),
-                backbones=_split(args.backbones), seeds=parse_seeds(args.seeds), run_args=run_args,
+                backbones=_split(args.backbones), seeds=parse_seeds(args.seeds) if args.seeds else [],
+                run_args=run_args,
                 kind="selftest" if args.selftest else "run")
 
 
 def sweep_main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     grid = grid_from_args(args)
-    sweep_dir = Path(args.out or Path("runs") / "sweeps" / f"sweep-{content_hash(dataclasses.asdict(grid))[:8]}")
+    # the default folder's name hashes the grid as earlier versions spelled it (variants/seeds left to the
+    # profile = ["default"] / [0]), so a default sweep finds the folder it used before
+    named = dataclasses.replace(grid, variants=grid.variants or ["default"], seeds=grid.seeds or [0])
+    sweep_dir = Path(args.out or Path("runs") / "sweeps" / f"sweep-{content_hash(dataclasses.asdict(named))[:8]}")
     sweep_dir = sweep_dir.absolute()
     manifest = load_manifest(sweep_dir)
     stored = ExecutorSettings().merged(manifest["executor"]) if manifest["executor"] else None
@@ -766,7 +787,7 @@ def sweep_main(argv: Sequence[str]) -> int:
         for action, c in actions:
             lb = c.labels
             print(f"  {action:<{width}}  {c.key}  {lb['method']} {lb['backbone']} {lb['protocol']} "
-                  f"{lb['variant']} seed {lb['seed']}  -> {c.run_rel}")
+                  f"{lb['variant']} seed {lb['seed']} {lb.get('profile', 'harmonised')}  -> {c.run_rel}")
         return 0
     with edit_manifest(sweep_dir) as m:
         m["invocations"].append({"time": now_iso(), "argv": list(argv), "cells": [c.key for c in cells]})
