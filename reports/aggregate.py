@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 COLUMNS: tuple[str, ...] = (
-    "kind", "benchmark", "method", "backbone", "method_id", "backbone_id", "protocol", "variant",
+    "kind", "benchmark", "method", "backbone", "method_id", "backbone_id", "protocol", "variant", "profile",
     "protocol_hash", "config_hash", "pretrained", "source", "target",
     "reported_miou", "reported_ref", "reported_source", "reported_alternatives",
     "miou_mean", "miou_std", "n_seeds", "seeds", "miou_ci_low", "miou_ci_high", "ci_level", "ci_resamples",
@@ -86,8 +86,8 @@ COLUMNS: tuple[str, ...] = (
 
 RECIPE_BOOKKEEPING = ("checkpoint_interval", "log_interval", "source")
 _CLASS_ORDER = {c: i for i, c in enumerate(CITYSCAPES_CLASSES)}
-GROUP_FIELDS = ("benchmark", "method_id", "backbone_id", "protocol", "variant", "protocol_hash", "config_hash",
-                "pretrained")
+GROUP_FIELDS = ("benchmark", "method_id", "backbone_id", "protocol", "variant", "profile", "protocol_hash",
+                "config_hash", "pretrained")
 
 
 class NotComparableError(ValueError):
@@ -180,6 +180,7 @@ def record_entries(record: dict[str, Any], csv_dir: Path) -> list[tuple[dict[str
         "protocol": record["protocol"], "variant": record.get("eval_variant", "default"),
         "protocol_hash": record["protocol_hash"], "config_hash": _config_hash(record),
         "pretrained": _bool(record.get("pretrained")),
+        "profile": record.get("profile") or "harmonised",  # runners.profiles; older records are harmonised
         "method": method_display(record["method"]),
         "backbone": backbone_display(record["backbone"], record["method"]),
         "source": dataset_display(source_key),
@@ -375,12 +376,13 @@ def _target_position(row: dict[str, str]) -> int:
 
 def _sort_key(row: dict[str, str]) -> tuple:
     return (row["benchmark"] != "real", row["benchmark"], row["protocol"], row["variant"] != "default",
-            row["variant"], row["protocol_hash"], row["method"], row["backbone"], row["config_hash"],
+            row["variant"], row.get("profile", ""), row["protocol_hash"], row["method"], row["backbone"], row["config_hash"],
             row["pretrained"], _target_position(row), row["target"])
 
 
 def _rank_group(row: dict[str, str]) -> str:
-    return "|".join((row["benchmark"], row["protocol"], row["variant"], row["protocol_hash"], row["target"]))
+    return "|".join((row["benchmark"], row["protocol"], row["variant"], row["protocol_hash"], row["target"],
+                     row.get("profile") or "harmonised"))
 
 
 def _assign_ranks(rows: list[dict[str, str]]) -> None:

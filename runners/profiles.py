@@ -19,7 +19,12 @@ evaluation pipeline). Explicit command-line values (``--seed``, ``--precision``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
+
+from benchmarks.protocols import list_variants
+from methods.base import Method, TrainRecipe
+from methods.registry import get_method_class
+from runners.options import UsageError
 
 PROFILES = ("harmonised", "released")
 DEFAULT_PROFILE = "harmonised"
@@ -117,7 +122,8 @@ NOTES: dict[str, tuple[str, ...]] = {
         f"(vireo/models/backbones/vireo_dinov2.py:78), whose DINOv2() is img_size=518, patch_size=14 "
         "(Depth-Anything-V2 depth_anything_v2/dinov2.py:407-408), and loads a DA-V2 checkpoint converted to "
         "patch 16 / 32x32 (tools/convert_models/convert_dinov2_depth.py:117-122). Unedited, that encoder "
-        "stops at its first 512 px input (depth_anything_v2/dinov2_layers/patch_embed.py:73: 512 % 14 != 0); "
+        "stops at its first 512 px input (depth_anything_v2/dinov2_layers/patch_embed.py:73: 512 % 14 != 0; "
+        "only python -O, which strips asserts, would run it); "
         f"{_VIREO} README.md:32 tells users to edit DINOv2() to img_size=512, patch_size=16 "
         "(vireo/models/backbones/third_party/Initial_DA.md), after which the converted checkpoint loads "
         "completely and the 32x32 = 1024 depth tokens match DINOv2's (the linear token resampling, "
@@ -137,3 +143,75 @@ def settings_for(profile: str, method: str, source_domain: str) -> list[Setting]
     if profile not in PROFILES:
         raise ValueError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     return released_settings(method, source_domain) if profile == "released" else []
+
+
+def method_recipe(cls: type[Method], source: str, scale: str, backbone: str, log=print
+                  ) -> tuple[TrainRecipe, dict[str, str] | None]:
+    """The method's recipe for ``source``; where its paper has none, the nearest source's (profiles.NEAREST_SOURCE),
+    said in one line and returned as the origin ``{"source": ..., "recipe_source": ..., "recipe": ...}``."""
+    try:
+        return cls.recipe(source=source, scale=scale, backbone=backbone), None
+    except ValueError:
+        pass
+    for nearest in NEAREST_SOURCE.get(source, ()):
+        try:
+            recipe = cls.recipe(source=nearest, scale=scale, backbone=backbone)
+        except ValueError:
+            continue
+        log(f"note: {cls.name} has no {source} recipe in its paper; using its {nearest} recipe ({recipe.source})")
+        return recipe, {"source": source, "recipe_source": nearest, "recipe": recipe.source}
+    raise UsageError(f"{cls.name} has no training recipe for source {source} nor a nearby one")
+
+
+def eval_variant_for(protocol: str, explicit: str | None, profile_variant: str, recipe: TrainRecipe,
+                     log=print) -> str:
+    """``explicit`` (``--eval-variant``; it must exist) when given, else the profile's: ``default``, or the
+    recipe's own variant in the released profile (``default`` with a note where the protocol lacks it)."""
+    variants = list_variants(protocol)
+    if explicit is not None:
+        if explicit not in variants:
+            raise UsageError(f"--eval-variant {explicit}: protocol {protocol} has variants {', '.join(variants)}")
+        return explicit
+    variant = recipe.eval_variant if profile_variant == FROM_RECIPE else profile_variant
+    if variant not in variants:
+        log(f"note: protocol {protocol} has no {variant!r} evaluation variant (the recipe's); "
+            "evaluating with 'default'")
+        variant = "default"
+    return variant
+
+
+def profile_differences(method: str, source: str, backbone: str | None = None, scale: str = "paper"
+                        ) -> list[dict[str, Any]]:
+    """Every setting in which the released profile differs from the harmonised one for ``method`` trained on
+    ``source``: key, harmonised value, released value, official file:line."""
+    cls = get_method_class(method)
+    backbone = backbone or cls.backbones[0]
+    recipe, _ = method_recipe(cls, source, scale, backbone, log=lambda *_: None)
+    config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
+    rows = []
+    for s in settings_for("released", method, source):
+        section, _, path = s.key.partition(".")
+        source_text = s.source
+        if section == "run":
+            before, after = HARMONISED_RUN[path], s.value
+            if s.value == FROM_RECIPE:
+                after, source_text = recipe.eval_variant, f"{s.source}: {recipe.source}"
+        else:
+            before, after = _get_path(config if section == "model" else recipe, path), s.value
+        if before != after:
+            rows.append({"key": s.key, "harmonised": before, "released": after, "source": source_text})
+    return rows
+
+
+def _get_path(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name)
+    return obj
+
+
+def format_profile_differences(method: str, rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
+    lines = [f"released vs harmonised profile of {method}: {len(rows)} setting(s) differ"]
+    for r in rows:
+        lines.append(f"  {r['key']}: harmonised {r['harmonised']!r} -> released {r['released']!r}  [{r['source']}]")
+    lines += [f"  note: {n}" for n in notes]
+    return "\n".join(lines)

@@ -40,8 +40,8 @@ from methods.weights import default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 from runners import distributed
 from runners.options import UsageError, apply_overrides, parse_cfg_options
-from runners.profiles import (DEFAULT_PROFILE, FROM_RECIPE, HARMONISED_RUN, NEAREST_SOURCE, NOTES, PROFILES,
-                              Setting, settings_for)
+from runners.profiles import (DEFAULT_PROFILE, HARMONISED_RUN, NOTES, PROFILES, eval_variant_for,
+                              format_profile_differences, method_recipe, profile_differences, settings_for)
 from runners.train import Trainer
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
@@ -176,7 +176,7 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
                             checkpoint_interval=args.checkpoint_interval, log_interval=args.log_interval)
     cfg_options = parse_cfg_options(getattr(args, "cfg_options", None))
     config, recipe = apply_overrides(config, recipe, cfg_options)
-    variant = eval_variant_for(args, run_values["eval_variant"], recipe, log)
+    variant = eval_variant_for(args.protocol, args.eval_variant, run_values["eval_variant"], recipe, log)
     protocol = with_source_splits(get_protocol(args.protocol, miniature=miniature, variant=variant),
                                   recipe.gta_split)
     seed = args.seed if args.seed is not None else run_values["seed"]
@@ -205,78 +205,6 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
         log(f"warning: {cls.name} released profile: {note}")
     return ResolvedRun(cls, backbone, scale, config, recipe, protocol, data_root, miniature, weights_dir,
                        seed, out, spec, spec_hash, profile, precision, tuple(notes))
-
-
-def method_recipe(cls: type[Method], source: str, scale: str, backbone: str, log=print
-                  ) -> tuple[TrainRecipe, dict[str, str] | None]:
-    """The method's recipe for ``source``; where its paper has none, the nearest source's (profiles.NEAREST_SOURCE),
-    said in one line and returned as the origin ``{"source": ..., "recipe_source": ..., "recipe": ...}``."""
-    try:
-        return cls.recipe(source=source, scale=scale, backbone=backbone), None
-    except ValueError:
-        pass
-    for nearest in NEAREST_SOURCE.get(source, ()):
-        try:
-            recipe = cls.recipe(source=nearest, scale=scale, backbone=backbone)
-        except ValueError:
-            continue
-        log(f"note: {cls.name} has no {source} recipe in its paper; using its {nearest} recipe ({recipe.source})")
-        return recipe, {"source": source, "recipe_source": nearest, "recipe": recipe.source}
-    raise UsageError(f"{cls.name} has no training recipe for source {source} nor a nearby one")
-
-
-def eval_variant_for(args: argparse.Namespace, profile_variant: str, recipe: TrainRecipe, log=print) -> str:
-    """``--eval-variant`` when given (it must exist), else the profile's: ``default``, or the recipe's own
-    variant in the released profile (``default`` with a note where the protocol does not define it)."""
-    variants = list_variants(args.protocol)
-    if args.eval_variant is not None:
-        if args.eval_variant not in variants:
-            raise UsageError(f"--eval-variant {args.eval_variant}: protocol {args.protocol} has variants "
-                             f"{', '.join(variants)}")
-        return args.eval_variant
-    variant = recipe.eval_variant if profile_variant == FROM_RECIPE else profile_variant
-    if variant not in variants:
-        log(f"note: protocol {args.protocol} has no {variant!r} evaluation variant (the recipe's); "
-            "evaluating with 'default'")
-        variant = "default"
-    return variant
-
-
-def profile_differences(method: str, source: str, backbone: str | None = None, scale: str = "paper"
-                        ) -> list[dict[str, Any]]:
-    """Every setting in which the released profile differs from the harmonised one for ``method`` trained on
-    ``source``: key, harmonised value, released value, official file:line."""
-    cls = get_method_class(method)
-    backbone = backbone or cls.backbones[0]
-    recipe, _ = method_recipe(cls, source, scale, backbone, log=lambda *_: None)
-    config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
-    rows = []
-    for s in settings_for("released", method, source):
-        section, _, path = s.key.partition(".")
-        source_text = s.source
-        if section == "run":
-            before, after = HARMONISED_RUN[path], s.value
-            if s.value == FROM_RECIPE:
-                after, source_text = recipe.eval_variant, f"{s.source}: {recipe.source}"
-        else:
-            before, after = _get_path(config if section == "model" else recipe, path), s.value
-        if before != after:
-            rows.append({"key": s.key, "harmonised": before, "released": after, "source": source_text})
-    return rows
-
-
-def _get_path(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name)
-    return obj
-
-
-def format_profile_differences(method: str, rows: Sequence[dict[str, Any]], notes: Sequence[str] = ()) -> str:
-    lines = [f"released vs harmonised profile of {method}: {len(rows)} setting(s) differ"]
-    for r in rows:
-        lines.append(f"  {r['key']}: harmonised {r['harmonised']!r} -> released {r['released']!r}  [{r['source']}]")
-    lines += [f"  note: {n}" for n in notes]
-    return "\n".join(lines)
 
 
 def with_source_splits(protocol: Protocol, gta_split: str) -> Protocol:

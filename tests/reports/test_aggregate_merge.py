@@ -148,3 +148,20 @@ def test_render_csv_has_no_time_dependent_content(tmp_path, split_runs):
     assert render_csv(read_leaderboard(csv_path)) == text
     for row in read_leaderboard(csv_path):  # creation times live only in the per-run ledger
         assert not any("2026-" in v for k, v in row.items() if k != "seed_values")
+
+
+def test_profiles_are_a_column_and_never_pooled_as_seeds(tmp_path, write_run):
+    """A released-profile run and a harmonised one of the same cell are two rows (runners.profiles); records
+    written before profiles existed count as harmonised."""
+    root = tmp_path / "runs"
+    write_run(root, "rein", "dinov2_vitl14", seed=0, quality=0.8)
+    released = write_run(root, "rein", "dinov2_vitl14", seed=0, quality=0.6, run_suffix="-rel")
+    record = json.loads(released.read_text())
+    record["profile"] = "released"
+    released.write_text(json.dumps(record))
+    aggregate(tmp_path / "leaderboard.csv", root)
+    rows = [r for r in read_leaderboard(tmp_path / "leaderboard.csv")
+            if r["kind"] == "reproduced" and r["target"] == "Cityscapes"]
+    assert sorted((r["profile"], r["n_seeds"]) for r in rows) == [("harmonised", "1"), ("released", "1")]
+    assert rows[0]["rank_group"] != rows[1]["rank_group"]
+    assert "profile" in COLUMNS

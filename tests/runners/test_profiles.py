@@ -219,3 +219,20 @@ def test_checkpoint_selection_keeps_the_best_validated_model_without_changing_tr
     assert plain.run(resume=False).selection is None
     log = lambda p: [json.loads(line)["loss"] for line in (p / "train_log.jsonl").read_text().splitlines()]
     assert log(tmp_path / "sel") == log(tmp_path / "plain")
+
+
+def test_runner_records_profile_precision_and_evaluates_the_selected_checkpoint(tmp_path, monkeypatch, capsys):
+    real = run_mod.split_dataset
+    monkeypatch.setattr(run_mod, "split_dataset", lambda resolved, split, transform: (
+        real(resolved, split, transform) if split is resolved.protocol.source else
+        torch.utils.data.Subset(real(resolved, split, transform), [0])))  # one image per evaluation split
+    out = tmp_path / "run"
+    assert run_mod.main(["--method", "frozen_m2f", "--iters", "2", "--batch-size", "2", "--no-progress",
+                         "--out", str(out), "--cfg-options", "recipe.select_interval=1"]) == 0
+    record = json.loads((out / "result.json").read_text())
+    assert (record["profile"], record["precision"], record["numerics"]["autocast"]) == ("harmonised", "bf16", "none")
+    selection = record["train"]["selection"]
+    assert [it for it, _ in selection["history"]] == [1, 2] and selection["interval"] == 1
+    assert record["spec"]["recipe"]["select_interval"] == 1
+    assert record["spec"]["cfg_options"] == ["recipe.select_interval=1"]
+    assert f"evaluating the model of iteration {selection['best_iteration']}" in capsys.readouterr().out
