@@ -1,0 +1,278 @@
+"""Write a parity fixture by running an official implementation (never part of the project).
+
+    python -m tests.parity.generate --official /path/to/Rein --method rein
+
+runs in a throwaway environment that has the official repository's toolbox (for the Rein family: torch,
+mmengine, mmcv-lite 2.1, mmdet 3.3, mmsegmentation 1.2; see README "Fidelity / parity tests"). The official
+modules are imported from the checkout given with ``--official``; this file holds no official code, only
+the tiny sizes, the seeds, and how the official modules are called. mmcv-lite has no compiled ops: a stub
+``mmcv._ext`` lets ``mmcv.ops`` import, and on CPU mmcv's deformable attention takes its pure-PyTorch path.
+
+Each method writes ``tests/parity/fixtures/<method>.json``: the sizes, the seed, the official state-dict
+key names and shapes (the weights are regenerated from them, :func:`tests.parity.common.official_weights`),
+and :func:`tests.parity.common.summarize` records of the official outputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tests.parity.common import FIXTURES, official_weights, seeded, summarize, write_fixture
+
+SEED = 0
+BATCH = 2
+IMAGE = (64, 96)  # input size; patch 16 -> a 4x6 token grid; strides 4..32 -> 16x24 .. 2x3 maps
+TOKENS = dict(num_layers=4, embed_dims=64, patch_size=16, query_dims=32, token_length=8, lora_dim=16)
+HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2, pd_ffn=64, points=4,
+            dec_layers=3, dec_ffn=64)
+VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
+
+
+# ------------------------------------------------------------------------------------------ loading
+def stub_mmcv_ext() -> None:
+    """mmcv-lite ships mmcv.ops without its compiled ``_ext``; a stand-in lets the pure-PyTorch paths import."""
+
+    class _Missing(types.ModuleType):
+        def __getattr__(self, name):
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def missing(*args, **kwargs):
+                raise RuntimeError(f"mmcv._ext.{name} is a compiled op (not available with mmcv-lite)")
+
+            return missing
+
+    sys.modules.setdefault("mmcv._ext", _Missing("mmcv._ext"))
+
+
+def load_file(path: Path, name: str):
+    """Import one official source file as module ``name`` (its package's __init__ is not run)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def stub_package(name: str, **attrs: Any) -> types.ModuleType:
+    module = types.ModuleType(name)
+    module.__path__ = []
+    module.__dict__.update(attrs)
+    sys.modules[name] = module
+    return module
+
+
+def load_weights(module: torch.nn.Module, prefix: str, seed: int) -> dict[str, list[int]]:
+    """Fill ``module`` with :func:`official_weights` under its official key names (``prefix`` + name)."""
+    shapes = {prefix + k: list(v.shape) for k, v in module.state_dict().items()}
+    weights = official_weights(shapes, seed)
+    module.load_state_dict({k[len(prefix):]: v for k, v in weights.items()}, strict=True)
+    return shapes
+
+
+def commit_of(checkout: Path) -> str:
+    """The checkout's git commit (or the first line of a ``.commit`` file, for an exported tree)."""
+    if (checkout / ".commit").is_file():
+        return (checkout / ".commit").read_text().split()[0]
+    try:
+        return subprocess.run(["git", "-C", str(checkout), "rev-parse", "HEAD"], capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+# ------------------------------------------------------------------------------------------ inputs
+def token_inputs() -> list[torch.Tensor]:
+    """Per layer: tokens after that block [B, 1 + N, C] (class token first)."""
+    n = (IMAGE[0] // 16) * (IMAGE[1] // 16)
+    return [seeded(f"tokens.{i}", (BATCH, 1 + n, TOKENS["embed_dims"]), SEED) for i in range(TOKENS["num_layers"])]
+
+
+def head_inputs() -> list[torch.Tensor]:
+    """4 backbone maps at strides 4, 8, 16, 32 of an ``IMAGE`` input."""
+    return [seeded(f"feature.{s}", (BATCH, HEAD["channels"], IMAGE[0] // s, IMAGE[1] // s), SEED)
+            for s in (4, 8, 16, 32)]
+
+
+# ------------------------------------------------------------------------------------------ the mmseg head
+def mmseg_head_config(head_type: str, **extra: Any) -> dict:
+    """A tiny mmseg-1.x Mask2FormerHead config with the structure of Rein's (methods.md §0)."""
+    d, heads = HEAD["hidden"], HEAD["heads"]
+    attn = dict(embed_dims=d, num_heads=heads, attn_drop=0.0, proj_drop=0.0, dropout_layer=None, batch_first=True)
+    return dict(
+        type=head_type, in_channels=[HEAD["channels"]] * 4, strides=[4, 8, 16, 32], feat_channels=d, out_channels=d,
+        num_classes=HEAD["classes"], num_queries=HEAD["queries"], num_transformer_feat_level=3, align_corners=False,
+        pixel_decoder=dict(
+            type="mmdet.MSDeformAttnPixelDecoder", num_outs=3, norm_cfg=dict(type="GN", num_groups=32),
+            act_cfg=dict(type="ReLU"),
+            encoder=dict(num_layers=HEAD["pd_layers"], layer_cfg=dict(
+                self_attn_cfg=dict(embed_dims=d, num_heads=heads, num_levels=3, num_points=HEAD["points"],
+                                   im2col_step=64, dropout=0.0, batch_first=True, norm_cfg=None, init_cfg=None),
+                ffn_cfg=dict(embed_dims=d, feedforward_channels=HEAD["pd_ffn"], num_fcs=2, ffn_drop=0.0,
+                             act_cfg=dict(type="ReLU", inplace=True))), init_cfg=None),
+            positional_encoding=dict(num_feats=d // 2, normalize=True), init_cfg=None),
+        enforce_decoder_input_project=False,
+        positional_encoding=dict(num_feats=d // 2, normalize=True),
+        transformer_decoder=dict(return_intermediate=True, num_layers=HEAD["dec_layers"], layer_cfg=dict(
+            self_attn_cfg=attn, cross_attn_cfg=attn,
+            ffn_cfg=dict(embed_dims=d, feedforward_channels=HEAD["dec_ffn"], num_fcs=2,
+                         act_cfg=dict(type="ReLU", inplace=True), ffn_drop=0.0, dropout_layer=None,
+                         add_identity=True)), init_cfg=None),
+        loss_cls=dict(type="mmdet.CrossEntropyLoss", use_sigmoid=False, loss_weight=2.0, reduction="mean",
+                      class_weight=[1.0] * HEAD["classes"] + [0.1]),
+        loss_mask=dict(type="mmdet.CrossEntropyLoss", use_sigmoid=True, reduction="mean", loss_weight=5.0),
+        loss_dice=dict(type="mmdet.DiceLoss", use_sigmoid=True, activate=True, reduction="mean", naive_dice=True,
+                       eps=1.0, loss_weight=5.0),
+        train_cfg=dict(num_points=64, oversample_ratio=3.0, importance_sample_ratio=0.75,
+                       assigner=dict(type="mmdet.HungarianAssigner", match_costs=[
+                           dict(type="mmdet.ClassificationCost", weight=2.0),
+                           dict(type="mmdet.CrossEntropyLossCost", weight=5.0, use_sigmoid=True),
+                           dict(type="mmdet.DiceCost", weight=5.0, pred_act=True, eps=1.0)]),
+                       sampler=dict(type="mmdet.MaskPseudoSampler")),
+        **extra)
+
+
+def build_mmseg_head(cfg: dict):
+    stub_mmcv_ext()
+    import mmdet.models  # noqa: F401  (registers mmdet's modules)
+    import mmseg.models  # noqa: F401
+    from mmengine.config import ConfigDict
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    init_default_scope("mmseg")
+    return MODELS.build(ConfigDict(cfg)).eval()
+
+
+def run_mmseg_head(head, x) -> dict[str, Any]:
+    """All prediction sets (forward) and the final semantic logits (``predict``) at the input size."""
+    from mmseg.structures import SegDataSample
+
+    metas = [dict(img_shape=IMAGE, pad_shape=IMAGE, ori_shape=IMAGE) for _ in range(BATCH)]
+    with torch.no_grad():
+        cls_list, mask_list = head(x, [SegDataSample(metainfo=m) for m in metas])
+        logits = head.predict(x, metas, dict())
+    out = {f"set{i}.cls": summarize(c) for i, c in enumerate(cls_list)}
+    out.update({f"set{i}.mask": summarize(m) for i, m in enumerate(mask_list)})
+    out["semantic_logits"] = summarize(logits)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ methods
+def rein_family(official: Path, reins_file: str, module_name: str, head_file: str | None) -> dict[str, Any]:
+    """Rein / SET: the official ``LoRAReins`` (tokens after every block, the query link) and, with
+    ``head_file``, the official ``ReinMask2FormerHead`` fed with the linked queries."""
+    reins_mod = load_file(official / reins_file, module_name)
+    torch.manual_seed(SEED)
+    reins = reins_mod.LoRAReins(**TOKENS).eval()
+    keys = load_weights(reins, "backbone.reins.", SEED)
+    outputs = {}
+    with torch.no_grad():
+        for i, x in enumerate(token_inputs()):
+            outputs[f"tokens.layer{i}"] = summarize(reins(x, i, batch_first=True, has_cls_token=True))
+        _, queries = reins.return_auto(None)
+    outputs["queries"] = summarize(queries)
+    if head_file:
+        load_file(official / head_file, module_name + "_head")
+        head = build_mmseg_head(mmseg_head_config("ReinMask2FormerHead", replace_query_feat=True))
+        keys.update(load_weights(head, "decode_head.", SEED))
+        outputs.update(run_mmseg_head(head, (head_inputs(), queries)))
+    return {"keys": keys, "outputs": outputs}
+
+
+def rein(official: Path) -> dict[str, Any]:
+    return rein_family(official, "rein/models/backbones/reins.py", "official_rein_reins",
+                       "rein/models/heads/rein_mask2former.py")
+
+
+def set_method(official: Path) -> dict[str, Any]:
+    return rein_family(official, "rein/models/backbones/reins.py", "official_set_reins",
+                       "rein/models/heads/rein_mask2former.py")
+
+
+def vireo(official: Path) -> dict[str, Any]:
+    """Vireo's ``VireoReins`` (GeoText tokens). Its constructor encodes class names with CLIP ViT-L/14@336
+    (no weights here): the CLIP loader is stubbed and ``text_features`` [K, templates, 768] is set from a seed."""
+    pkg = "official_vireo"
+    stub_package(pkg)
+    stub_package(pkg + ".backbones")
+    stub_package(pkg + ".heads")
+    clip = types.SimpleNamespace(load=lambda *a, **k: (None, None))
+    stub_package(pkg + ".heads.third_party", clip=clip, imagenet_templates=types.SimpleNamespace(
+        IMAGENET_TEMPLATES_SELECT_CLIP=["{}"] * VIREO_TEMPLATES))
+    mod = load_file(official / "vireo/models/backbones/vireo.py", pkg + ".backbones.vireo")
+    text = seeded("text_features", (VIREO_TEXTS, VIREO_TEMPLATES, VIREO_TEXT_DIM), SEED)
+    mod.Vireo.class_embeddings = lambda self, names, templates, model: text.permute(1, 0, 2)
+    class_json = Path(__file__).parent / "fixtures" / "_vireo_classes.json"
+    class_json.write_text(json.dumps([f"class {i}" for i in range(VIREO_TEXTS)]))
+    try:
+        torch.manual_seed(SEED)
+        reins = mod.VireoReins(class_json=str(class_json), **TOKENS).eval()
+    finally:
+        class_json.unlink()
+    keys = load_weights(reins, "backbone.reins.", SEED)
+    outputs = {}
+    n = (IMAGE[0] // 16) * (IMAGE[1] // 16)
+    with torch.no_grad():
+        for i, x in enumerate(token_inputs()):
+            depth = seeded(f"depth.{i}", (BATCH, 1 + n + 5, TOKENS["embed_dims"]), SEED)  # resampled to N
+            outputs[f"tokens.layer{i}"] = summarize(reins(x, depth, i, batch_first=True, has_cls_token=True))
+        _, queries = reins.return_auto(None)
+    outputs["queries"] = summarize(queries)
+    return {"keys": keys, "outputs": outputs, "text_features_shape": list(text.shape)}
+
+
+def mask2former_head(official: Path) -> dict[str, Any]:
+    """mmseg 1.x's own ``Mask2FormerHead`` (learned query tables: VLTSeg, frozen_m2f). The official code here is
+    the installed mmsegmentation / mmdet release (``--official``: the installed ``mmseg`` package folder)."""
+    import mmdet
+    import mmseg
+
+    head = build_mmseg_head(mmseg_head_config("Mask2FormerHead"))
+    keys = load_weights(head, "decode_head.", SEED)
+    return {"keys": keys, "outputs": run_mmseg_head(head, head_inputs()),
+            "official_commit": f"mmsegmentation=={mmseg.__version__} mmdet=={mmdet.__version__} (PyPI)"}
+
+
+METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
+    "rein": (rein, "w1oves/Rein"),
+    "set": (set_method, "JingjunYi/SET"),
+    "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
+    "mask2former_head": (mask2former_head, "open-mmlab/mmsegmentation 1.2.2 + mmdet 3.3.0 (installed)"),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--official", type=Path, required=True, help="path of the official checkout")
+    parser.add_argument("--method", choices=sorted(METHODS), required=True)
+    parser.add_argument("--out", type=Path, help="fixture path (default tests/parity/fixtures/<method>.json)")
+    args = parser.parse_args(argv)
+    if not args.official.is_dir():
+        parser.error(f"--official {args.official}: not a directory (clone the official repository there)")
+    run, repo = METHODS[args.method]
+    torch.set_num_threads(1)
+    stub_mmcv_ext()
+    record = run(args.official.resolve())
+    import mmseg  # the toolbox versions that produced the numbers
+    record.setdefault("official_commit", commit_of(args.official))
+    record.update(method=args.method, official_repo=repo, seed=SEED,
+                  batch=BATCH, image=list(IMAGE), tokens=TOKENS, head=HEAD, torch=torch.__version__,
+                  mmseg=mmseg.__version__)
+    out = args.out or FIXTURES / f"{args.method}.json"
+    write_fixture(out, record)
+    print(f"wrote {out} ({len(record['outputs'])} outputs, {len(record['keys'])} official keys)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,146 @@
+"""Parity with the official implementations: fixtures written by ``python -m tests.parity.generate`` from the
+official code (tests/parity/fixtures/*.json: key names, seeds and output summaries, no weights and no code).
+
+Each test builds this project's module at the fixture's tiny sizes, loads the official-format state dict
+regenerated from the fixture's key names through the project's own loaders (``Method.load_checkpoint`` or
+the checkpoint converter the method uses), feeds the same seeded inputs and compares the outputs:
+tolerance 1e-5 relative for the token modules, 1e-4 through the Mask2Former head (README "Fidelity / parity
+tests").
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from methods.heads.mask2former import Mask2FormerConfig, Mask2FormerHead, semantic_inference
+from methods.heads.mmdet_keys import convert_mmdet_head
+from methods.rein import Rein, convert_rein_checkpoint
+from methods.set import SET
+from methods.vireo import GeoTextTokens
+from tests.parity.common import load_fixture, official_weights, parity_error, seeded
+
+TOKEN_RTOL = 1e-5
+HEAD_RTOL = 1e-4
+
+
+def head_config(fx: dict) -> Mask2FormerConfig:
+    h = fx["head"]
+    return Mask2FormerConfig(
+        in_channels=(h["channels"],) * 4, hidden_dim=h["hidden"], num_queries=h["queries"], num_classes=h["classes"],
+        num_heads=h["heads"], pixel_decoder_layers=h["pd_layers"], pixel_decoder_ffn=h["pd_ffn"],
+        deform_points=h["points"], decoder_layers=h["dec_layers"], decoder_ffn=h["dec_ffn"], train_num_points=64)
+
+
+def token_inputs(fx: dict) -> list[torch.Tensor]:
+    """The generator's per-layer token inputs [B, 1 + N, C] (same names, shapes and seed)."""
+    (h, w), t = fx["image"], fx["tokens"]
+    n = (h // t["patch_size"]) * (w // t["patch_size"])
+    return [seeded(f"tokens.{i}", (fx["batch"], 1 + n, t["embed_dims"]), fx["seed"]) for i in range(t["num_layers"])]
+
+
+def head_inputs(fx: dict) -> list[torch.Tensor]:
+    h, w = fx["image"]
+    return [seeded(f"feature.{s}", (fx["batch"], fx["head"]["channels"], h // s, w // s), fx["seed"])
+            for s in (4, 8, 16, 32)]
+
+
+def check(errors: dict[str, float], fx: dict, got: dict[str, torch.Tensor], rtol: float) -> None:
+    for name, tensor in got.items():
+        errors[name] = parity_error(tensor, fx["outputs"][name])
+    bad = {k: v for k, v in errors.items() if v > rtol}
+    assert not bad, f"{fx['method']}: outputs differ from {fx['official_repo']} (max rel. error): {bad}"
+
+
+def head_outputs(head: Mask2FormerHead, fx: dict, **queries) -> dict[str, torch.Tensor]:
+    """All prediction sets and the final semantic logits (mmseg ``predict``: masks upsampled to the input)."""
+    out = head(head_inputs(fx), **queries)
+    sets = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}]
+    got = {f"set{i}.cls": s["pred_logits"] for i, s in enumerate(sets)}
+    got.update({f"set{i}.mask": s["pred_masks"] for i, s in enumerate(sets)})
+    got["semantic_logits"] = semantic_inference(out["pred_logits"], out["pred_masks"], tuple(fx["image"]))
+    return got
+
+
+def rein_family_model(cls, fx: dict, **fields):
+    """A tiny ``cls`` (Rein or SET) at the fixture's sizes, with the official state loaded through
+    ``load_checkpoint``; only the backbone (not in the fixture) may be missing."""
+    t = fx["tokens"]
+    cfg = cls.default_config(scale="miniature")
+    assert (cfg.vit.depth, cfg.vit.embed_dim, cfg.vit.patch_size) == (t["num_layers"], t["embed_dims"],
+                                                                      t["patch_size"])
+    cfg.head = dataclasses.replace(head_config(fx), in_channels=(cfg.vit.embed_dim,) * 4)
+    cfg.token_length, cfg.lora_dim = t["token_length"], t["lora_dim"]
+    for k, v in fields.items():
+        setattr(cfg, k, v)
+    model = cls(cfg).eval()
+    report = model.load_checkpoint(official_weights(fx["keys"], fx["seed"]))
+    assert report.unexpected == [] and all(k.startswith("backbone.") for k in report.missing), report.summary()
+    return model
+
+
+@torch.no_grad()
+def test_rein_tokens_queries_and_head_match_official():
+    fx = load_fixture("rein")
+    model = rein_family_model(Rein, fx)
+    got = {f"tokens.layer{i}": model.reins(x, i) for i, x in enumerate(token_inputs(fx))}
+    got["queries"] = model.reins.queries()
+    errors: dict[str, float] = {}
+    check(errors, fx, got, TOKEN_RTOL)
+    check(errors, fx, head_outputs(model.decode_head, fx, **model.head_queries()), HEAD_RTOL)
+
+
+@torch.no_grad()
+def test_set_tokens_queries_and_head_match_official_released_fft():
+    fx = load_fixture("set")
+    model = rein_family_model(SET, fx, fft_axes="batch_channel")
+    got = {f"tokens.layer{i}": model.reins(x, i) for i, x in enumerate(token_inputs(fx))}
+    got["queries"] = model.reins.queries()
+    errors: dict[str, float] = {}
+    check(errors, fx, got, TOKEN_RTOL)
+    check(errors, fx, head_outputs(model.decode_head, fx, **model.head_queries()), HEAD_RTOL)
+
+
+@torch.no_grad()
+def test_vireo_geotext_tokens_match_official():
+    fx = load_fixture("vireo")
+    t = fx["tokens"]
+    k, _, text_dim = fx["text_features_shape"]
+    tokens = GeoTextTokens(t["num_layers"], t["embed_dims"], text_dim=text_dim, num_texts=k,
+                           token_length=t["token_length"], lora_dim=t["lora_dim"], patch_size=t["patch_size"],
+                           query_dim=t["query_dims"]).eval()
+    converted, left, _ = convert_rein_checkpoint(official_weights(fx["keys"], fx["seed"]))
+    assert left == {}
+    tokens.load_state_dict({k[len("reins."):]: v for k, v in converted.items()}, strict=False)
+    per_template = seeded("text_features", tuple(fx["text_features_shape"]), fx["seed"])
+    tokens.set_text_features(F.normalize(F.normalize(per_template, dim=-1).mean(dim=1), dim=-1))
+    (h, w), n = fx["image"], 0
+    n = (h // t["patch_size"]) * (w // t["patch_size"])
+    got = {}
+    for i, x in enumerate(token_inputs(fx)):
+        depth = seeded(f"depth.{i}", (fx["batch"], 1 + n + 5, t["embed_dims"]), fx["seed"])
+        got[f"tokens.layer{i}"] = tokens(x, i, depth[:, 1:])
+    got["queries"] = tokens.queries()
+    check({}, fx, got, TOKEN_RTOL)
+
+
+@torch.no_grad()
+def test_mask2former_head_with_learned_queries_matches_mmseg():
+    fx = load_fixture("mask2former_head")
+    head = Mask2FormerHead(head_config(fx)).eval()
+    conversion = convert_mmdet_head(official_weights(fx["keys"], fx["seed"]))
+    assert not conversion.unmatched, sorted(conversion.unmatched)
+    missing, unexpected = head.load_state_dict({k[len("decode_head."):]: v for k, v in conversion.tensors.items()},
+                                               strict=False)
+    assert not unexpected and not [k for k in missing if not k.startswith("criterion.")], missing
+    check({}, fx, head_outputs(head, fx), HEAD_RTOL)
+
+
+@pytest.mark.parametrize("name", ["rein", "set", "vireo", "mask2former_head"])
+def test_fixtures_name_their_source(name):
+    fx = load_fixture(name)
+    assert fx["official_repo"] and fx["keys"] and fx["outputs"]
+    assert len(fx["official_commit"]) == 40 or fx["official_commit"].startswith("mmsegmentation==")
