@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 import types
@@ -35,6 +36,8 @@ TOKENS = dict(num_layers=4, embed_dims=64, patch_size=16, query_dims=32, token_l
 HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2, pd_ffn=64, points=4,
             dec_layers=3, dec_ffn=64)
 VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
+WHOLE_MODEL_IMAGE = (64, 64)  # = the tiny backbone's img_size (no position-embedding resampling)
+IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # RGB, 0..255
 
 
 # ------------------------------------------------------------------------------------------ loading
@@ -199,6 +202,43 @@ def set_method(official: Path) -> dict[str, Any]:
                        "rein/models/heads/rein_mask2former.py")
 
 
+def rein_model(official: Path) -> dict[str, Any]:
+    """The whole official Rein model at tiny size: ``ReinsDinoVisionTransformer`` (DINOv2 blocks with LoRAReins
+    after each, bilinear x4/x2/x1/x0.5 maps) + ``ReinMask2FormerHead``, on an ImageNet-normalised RGB image
+    of the backbone's own size (what the data preprocessor hands the backbone); mmseg's ``predict`` logits."""
+    os.environ["XFORMERS_DISABLED"] = "1"  # DINOv2's plain attention path (xformers needs CUDA)
+    stub_package("xformers")
+    stub_package("xformers.ops")  # imported at module level by Rein's EVA02 file, unused here
+    sys.path.insert(0, str(official))
+    import rein as official_rein  # noqa: F401  (registers the official modules)
+    from mmseg.registry import MODELS
+
+    build_mmseg_head(mmseg_head_config("Mask2FormerHead"))  # scope + registries
+    size = WHOLE_MODEL_IMAGE
+    backbone = MODELS.build(dict(
+        type="ReinsDinoVisionTransformer", img_size=size[0], patch_size=TOKENS["patch_size"],
+        embed_dim=TOKENS["embed_dims"], depth=TOKENS["num_layers"], num_heads=2, mlp_ratio=4, init_values=1e-5,
+        block_chunks=0, out_indices=list(range(TOKENS["num_layers"])),
+        reins_config=dict(type="LoRAReins", **TOKENS))).eval()
+    head = build_mmseg_head(mmseg_head_config("ReinMask2FormerHead", replace_query_feat=True))
+    model = torch.nn.ModuleDict(dict(backbone=backbone, decode_head=head))
+    # all parameters (ReinsDinoVisionTransformer.state_dict keeps only the reins)
+    shapes = {k: list(v.shape) for k, v in [*model.named_parameters(), *model.named_buffers()]}
+    weights = official_weights(shapes, SEED)
+    missing, unexpected = torch.nn.Module.load_state_dict(model, weights, strict=False)
+    assert not missing and not unexpected, (missing, unexpected)
+    image = 120 + 60 * seeded("image", (BATCH, 3, *size), SEED)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        feats, queries = backbone((image - mean) / std)
+        metas = [dict(img_shape=size, pad_shape=size, ori_shape=size) for _ in range(BATCH)]
+        logits = head.predict((feats, queries), metas, dict())
+    outputs = {f"features.{i}": summarize(f) for i, f in enumerate(feats)}
+    outputs.update(queries=summarize(queries), semantic_logits=summarize(logits))
+    return {"keys": shapes, "outputs": outputs, "model_image": list(size), "image_mean": list(IMAGENET_MEAN),
+            "image_std": list(IMAGENET_STD)}
+
+
 def vireo(official: Path) -> dict[str, Any]:
     """Vireo's ``VireoReins`` (GeoText tokens). Its constructor encodes class names with CLIP ViT-L/14@336
     (no weights here): the CLIP loader is stubbed and ``text_features`` [K, templates, 768] is set from a seed."""
@@ -245,6 +285,7 @@ def mask2former_head(official: Path) -> dict[str, Any]:
 
 METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein": (rein, "w1oves/Rein"),
+    "rein_model": (rein_model, "w1oves/Rein"),
     "set": (set_method, "JingjunYi/SET"),
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
     "mask2former_head": (mask2former_head, "open-mmlab/mmsegmentation 1.2.2 + mmdet 3.3.0 (installed)"),

@@ -65,9 +65,9 @@ def head_outputs(head: Mask2FormerHead, fx: dict, **queries) -> dict[str, torch.
     return got
 
 
-def rein_family_model(cls, fx: dict, **fields):
+def rein_family_model(cls, fx: dict, full: bool = False, **fields):
     """A tiny ``cls`` (Rein or SET) at the fixture's sizes, with the official state loaded through
-    ``load_checkpoint``; only the backbone (not in the fixture) may be missing."""
+    ``load_checkpoint``; only the backbone may be missing (``full``: the fixture has it too)."""
     t = fx["tokens"]
     cfg = cls.default_config(scale="miniature")
     assert (cfg.vit.depth, cfg.vit.embed_dim, cfg.vit.patch_size) == (t["num_layers"], t["embed_dims"],
@@ -78,7 +78,10 @@ def rein_family_model(cls, fx: dict, **fields):
         setattr(cfg, k, v)
     model = cls(cfg).eval()
     report = model.load_checkpoint(official_weights(fx["keys"], fx["seed"]))
-    assert report.unexpected == [] and all(k.startswith("backbone.") for k in report.missing), report.summary()
+    if full:
+        assert report.ok(), report.summary()
+    else:
+        assert report.unexpected == [] and all(k.startswith("backbone.") for k in report.missing), report.summary()
     return model
 
 
@@ -91,6 +94,20 @@ def test_rein_tokens_queries_and_head_match_official():
     errors: dict[str, float] = {}
     check(errors, fx, got, TOKEN_RTOL)
     check(errors, fx, head_outputs(model.decode_head, fx, **model.head_queries()), HEAD_RTOL)
+
+
+@torch.no_grad()
+def test_whole_rein_model_matches_official():
+    """DINOv2 + Rein tokens + head, loaded from one official-format "full weights" state dict through
+    ``load_checkpoint``; ``predict`` gives mmseg's semantic logits at the input size."""
+    fx = load_fixture("rein_model")
+    model = rein_family_model(Rein, fx, full=True)
+    assert tuple(model.config.image_mean) == tuple(fx["image_mean"]) and tuple(model.config.image_std) == tuple(
+        fx["image_std"])
+    image = 120 + 60 * seeded("image", (fx["batch"], 3, *fx["model_image"]), fx["seed"])
+    got = {f"features.{i}": f for i, f in enumerate(model.extract_features(image))}
+    got.update(queries=model.reins.queries(), semantic_logits=model.predict(image))
+    check({}, fx, got, HEAD_RTOL)
 
 
 @torch.no_grad()
