@@ -36,6 +36,8 @@ TOKENS = dict(num_layers=4, embed_dims=64, patch_size=16, query_dims=32, token_l
 HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2, pd_ffn=64, points=4,
             dec_layers=3, dec_ffn=64)
 VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
+TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
+                 text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
 WHOLE_MODEL_IMAGE = (64, 64)  # = the tiny backbone's img_size (no position-embedding resampling)
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # RGB, 0..255
 
@@ -283,11 +285,82 @@ def mask2former_head(official: Path) -> dict[str, Any]:
             "official_commit": f"mmsegmentation=={mmseg.__version__} mmdet=={mmdet.__version__} (PyPI)"}
 
 
+def tqdm_head(official: Path) -> dict[str, Any]:
+    """tqdm's ``tqdmHead`` (mmseg 0.x, mmcv 1.x): text-conditioned pixel decoder, 19 textual queries (the
+    head's ``text_proj`` MLP on the class text embeddings), and ``forward_test`` + the segmentor's resize to
+    the input size. Needs mmcv 1.x (mmcv 1.7.2 lite works; tqdm's vendored mmseg asks for <= 1.5.3, so the
+    version string is patched) and mmdet 2.x, with the checkout's own ``mmseg`` first on the path."""
+    import mmcv
+
+    mmcv.__version__ = "1.5.3"  # the vendored mmseg's import-time range check; nothing else reads it
+    sys.path.insert(0, str(official))
+    import mmseg.models  # noqa: F401  (tqdm's vendored mmseg 0.x: registers tqdmHead and its pixel decoder)
+    from mmcv import ConfigDict
+    from mmseg.models.builder import build_head
+    from mmseg.ops import resize
+
+    h = TQDM_HEAD
+    d, heads = h["hidden"], h["heads"]
+    mha = dict(type="MultiheadAttention", embed_dims=d, num_heads=heads, attn_drop=0.0, proj_drop=0.0,
+               dropout_layer=None, batch_first=False)
+
+    def ffn(width):
+        return dict(embed_dims=d, feedforward_channels=width, num_fcs=2, act_cfg=dict(type="ReLU", inplace=True),
+                    ffn_drop=0.0, dropout_layer=None, add_identity=True)
+
+    cfg = dict(
+        type="tqdmHead", in_channels=[h["channels"]] * 4, feat_channels=d, out_channels=d, in_index=[0, 1, 2, 3],
+        num_things_classes=8, num_stuff_classes=11, num_queries=19, num_transformer_feat_level=3,
+        pixel_decoder=dict(
+            type="tqdmMSDeformAttnPixelDecoder", num_text_embeds=19, num_outs=3,
+            norm_cfg=dict(type="GN", num_groups=32), act_cfg=dict(type="ReLU"),
+            encoder=dict(type="DetrTransformerDecoder", return_intermediate=True, num_layers=h["pd_layers"],
+                         transformerlayers=dict(
+                             type="DetrTransformerDecoderLayer",
+                             attn_cfgs=[dict(type="MultiScaleDeformableAttention", embed_dims=d, num_heads=heads,
+                                             num_levels=3, num_points=h["points"], im2col_step=64, dropout=0.0,
+                                             batch_first=False, norm_cfg=None, init_cfg=None), mha],
+                             ffn_cfgs=ffn(h["pd_ffn"]), feedforward_channels=h["pd_ffn"],
+                             operation_order=("self_attn", "norm", "cross_attn", "norm", "ffn", "norm")),
+                         init_cfg=None),
+            positional_encoding=dict(type="SinePositionalEncoding", num_feats=d // 2, normalize=True),
+            init_cfg=None),
+        enforce_decoder_input_project=False,
+        positional_encoding=dict(type="SinePositionalEncoding", num_feats=d // 2, normalize=True),
+        transformer_decoder=dict(
+            type="DetrTransformerDecoder", return_intermediate=True, num_layers=h["dec_layers"],
+            transformerlayers=dict(type="DetrTransformerDecoderLayer", attn_cfgs=mha, ffn_cfgs=ffn(h["dec_ffn"]),
+                                   feedforward_channels=h["dec_ffn"],
+                                   operation_order=("cross_attn", "norm", "self_attn", "norm", "ffn", "norm")),
+            init_cfg=None),
+        loss_cls=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=2.0, reduction="mean",
+                      class_weight=[1.0] * 19 + [0.1]),
+        loss_mask=dict(type="CrossEntropyLoss", use_sigmoid=True, reduction="mean", loss_weight=5.0),
+        loss_dice=dict(type="DiceLoss", use_sigmoid=True, activate=True, reduction="mean", naive_dice=True,
+                       eps=1.0, loss_weight=5.0),
+        text_proj=dict(text_in_dim=h["text_dim"], text_out_dim=d))
+    head = build_head(ConfigDict(cfg)).eval()
+    keys = load_weights(head, "decode_head.", SEED)
+    feats = [seeded(f"feature.{s}", (BATCH, h["channels"], IMAGE[0] // s, IMAGE[1] // s), SEED)
+             for s in (4, 8, 16, 32)]
+    texts = seeded("texts", (BATCH, 19, h["text_dim"]), SEED)
+    metas = [dict(img_shape=(*IMAGE, 3), ori_shape=(*IMAGE, 3), pad_shape=(*IMAGE, 3)) for _ in range(BATCH)]
+    with torch.no_grad():
+        cls_list, mask_list = head(feats, texts, metas)
+        logits = resize(head.forward_test(feats, texts, metas, None), size=IMAGE, mode="bilinear",
+                        align_corners=False)
+    outputs = {f"set{i}.cls": summarize(c) for i, c in enumerate(cls_list)}
+    outputs.update({f"set{i}.mask": summarize(m) for i, m in enumerate(mask_list)})
+    outputs["semantic_logits"] = summarize(logits)
+    return {"keys": keys, "outputs": outputs, "tqdm_head": h}
+
+
 METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein": (rein, "w1oves/Rein"),
     "rein_model": (rein_model, "w1oves/Rein"),
     "set": (set_method, "JingjunYi/SET"),
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
+    "tqdm_head": (tqdm_head, "ByeongHyunPak/tqdm"),
     "mask2former_head": (mask2former_head, "open-mmlab/mmsegmentation 1.2.2 + mmdet 3.3.0 (installed)"),
 }
 

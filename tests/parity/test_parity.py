@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from methods.heads.mask2former import Mask2FormerConfig, Mask2FormerHead, semantic_inference
 from methods.heads.mmdet_keys import convert_mmdet_head
+from methods.registry import get_method_class
 from methods.rein import Rein, convert_rein_checkpoint
 from methods.set import SET
 from methods.vireo import GeoTextTokens
@@ -145,6 +146,32 @@ def test_vireo_geotext_tokens_match_official():
 
 
 @torch.no_grad()
+def test_tqdm_head_textual_queries_and_predict_match_official():
+    """tqdm's head (text cross-attention in the pixel decoder, 19 textual queries from ``query_mlp``) loaded
+    through ``load_checkpoint``; ``Tqdm.predict`` combines at 1/4 and resizes, as tqdm's own code does."""
+    fx = load_fixture("tqdm_head")
+    h = fx["tqdm_head"]
+    model = get_method_class("tqdm")(get_method_class("tqdm").default_config(scale="miniature")).eval()
+    cfg = model.config.head
+    assert (cfg.in_channels[0], cfg.hidden_dim, cfg.num_heads, cfg.pixel_decoder_layers, cfg.pixel_decoder_ffn,
+            cfg.deform_points, cfg.decoder_layers, cfg.decoder_ffn, cfg.text_cross_attention_dim) == (
+        h["channels"], h["hidden"], h["heads"], h["pd_layers"], h["pd_ffn"], h["points"], h["dec_layers"],
+        h["dec_ffn"], h["text_dim"])
+    report = model.load_checkpoint(official_weights(fx["keys"], fx["seed"]))
+    assert report.unexpected == [] and not [k for k in report.missing if k.startswith(("decode_head.", "query_mlp."))]
+    feats = [seeded(f"feature.{s}", (fx["batch"], h["channels"], fx["image"][0] // s, fx["image"][1] // s),
+                    fx["seed"]) for s in (4, 8, 16, 32)]
+    texts = seeded("texts", (fx["batch"], 19, h["text_dim"]), fx["seed"])
+    out = model.decode_head(feats, query_content=model.query_mlp(texts), text_context=texts)
+    sets = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}]
+    got = {f"set{i}.cls": s["pred_logits"] for i, s in enumerate(sets)}
+    got.update({f"set{i}.mask": s["pred_masks"] for i, s in enumerate(sets)})
+    model.forward_features = lambda images, score_map=True: out  # the head outputs above, for predict
+    got["semantic_logits"] = model.predict(torch.zeros(fx["batch"], 3, *fx["image"]))
+    check({}, fx, got, HEAD_RTOL)
+
+
+@torch.no_grad()
 def test_mask2former_head_with_learned_queries_matches_mmseg():
     fx = load_fixture("mask2former_head")
     head = Mask2FormerHead(head_config(fx)).eval()
@@ -156,7 +183,7 @@ def test_mask2former_head_with_learned_queries_matches_mmseg():
     check({}, fx, head_outputs(head, fx), HEAD_RTOL)
 
 
-@pytest.mark.parametrize("name", ["rein", "set", "vireo", "mask2former_head"])
+@pytest.mark.parametrize("name", ["rein", "rein_model", "set", "vireo", "tqdm_head", "mask2former_head"])
 def test_fixtures_name_their_source(name):
     fx = load_fixture(name)
     assert fx["official_repo"] and fx["keys"] and fx["outputs"]
