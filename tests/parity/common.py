@@ -52,6 +52,13 @@ def seeded(name: str, shape: tuple[int, ...], seed: int, scale: float = 1.0) -> 
     return (scale * torch.randn(tuple(shape), generator=g, dtype=torch.float64)).float()
 
 
+def seeded_labels(shape: tuple[int, ...], num_classes: int, seed: int, ignore_rows: int = 0) -> Tensor:
+    """Train-id labels [B, ..., H, W] uniform over ``num_classes``, the first ``ignore_rows`` rows 255."""
+    labels = torch.randint(0, num_classes, tuple(shape), generator=torch.Generator().manual_seed(seed))
+    labels[..., :ignore_rows, :] = 255
+    return labels
+
+
 def summarize(x: Tensor) -> dict[str, Any]:
     """Checksums and the values at fixed flat positions (the first and last element included)."""
     x = x.detach().double().cpu()

@@ -27,7 +27,7 @@ from typing import Any, Callable
 
 import torch
 
-from tests.parity.common import FIXTURES, official_weights, seeded, summarize, write_fixture
+from tests.parity.common import FIXTURES, official_weights, seeded, seeded_labels, summarize, write_fixture
 
 SEED = 0
 BATCH = 2
@@ -38,6 +38,7 @@ HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2,
 VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
 TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
+TQDM_TEXT = dict(text_dim=32, width=64, heads=4, layers=3)  # = the miniature tqdm's ContextDecoder
 WHOLE_MODEL_IMAGE = (64, 64)  # = the tiny backbone's img_size (no position-embedding resampling)
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # RGB, 0..255
 
@@ -355,12 +356,76 @@ def tqdm_head(official: Path) -> dict[str, Any]:
     return {"keys": keys, "outputs": outputs, "tqdm_head": h}
 
 
+def tqdm_text(official: Path) -> dict[str, Any]:
+    """tqdm's text side and regularizers, run through the official segmentor's own ``after_extract_feat``
+    (ContextDecoder, gamma, pixel-text score map) and ``forward_train`` (the three regularizers). The segmentor
+    is made without its constructor (which loads EVA-CLIP): its encoders are stand-ins that return seeded
+    embeddings, its decode head returns no loss; ``context_decoder`` and ``identity_head`` are the official
+    modules, built from tqdm's config values at tiny sizes."""
+    import mmcv
+
+    mmcv.__version__ = "1.5.3"
+    sys.path.insert(0, str(official))
+    import mmseg.models  # noqa: F401
+    from mmcv import ConfigDict
+    from mmseg.models.builder import build_head
+
+    stub_package("timm.models.layers", drop_path=None, trunc_normal_=torch.nn.init.trunc_normal_)
+    clip_models = load_file(official / "models/backbones/clip/models.py", "official_tqdm_clip_models")
+    stub_package("official_tqdm", __path__=[str(official / "models")])
+    stub_package("official_tqdm.backbones")
+    stub_package("official_tqdm.backbones.eva_clip", get_backbone=None)
+    stub_package("official_tqdm.backbones.utils", tokenize=None)
+    segmentors = load_file(official / "models/segmentors/tqdm_eva_clip.py", "official_tqdm.segmentors.tqdm_eva_clip")
+
+    t = TQDM_TEXT
+    e, k = t["text_dim"], 19
+    n = (IMAGE[0] // 16) * (IMAGE[1] // 16)
+    text = seeded("text_embeddings", (k, e), SEED)
+    global_feat = seeded("global_feat", (BATCH, 1, e), SEED)  # the global token, [B, 1, E] as there
+    dense = seeded("dense", (BATCH, e, IMAGE[0] // 16, IMAGE[1] // 16), SEED)
+    global_init = seeded("global_feat_init", (BATCH, 1, e), SEED)
+    frozen_prompts = torch.nn.functional.normalize(seeded("frozen_prompts", (k, e), SEED), dim=-1)
+    labels = seeded_labels((BATCH, 1, *IMAGE), k, SEED, ignore_rows=IMAGE[0] // 4)
+
+    seg = segmentors.tqdm_EVA_CLIP.__new__(segmentors.tqdm_EVA_CLIP)
+    torch.nn.Module.__init__(seg)
+    seg.tau, seg.train_cfg, seg.test_cfg, seg.num_classes = 0.07, ConfigDict(), ConfigDict(), k
+    seg.visual_reg = seg.textual_reg = True
+    seg.backbone = types.SimpleNamespace(extract_feats=lambda img: [None, (global_feat, dense)])
+    seg.reg_E0 = types.SimpleNamespace(extract_feats=lambda img: [(global_init, None)])
+    seg.text_encoder = lambda texts, context=None: text
+    seg.texts = seg.contexts = None
+    seg.neck = None
+    seg.decode_head = types.SimpleNamespace(forward_train=lambda *a, **kw: {})
+    seg.context_decoder = clip_models.ContextDecoder(transformer_width=t["width"], transformer_heads=t["heads"],
+                                                     transformer_layers=t["layers"], visual_dim=e, dropout=0.1)
+    seg.gamma = torch.nn.Parameter(torch.empty(e))
+    seg.identity_head = build_head(ConfigDict(dict(
+        type="IdentityHead", in_channels=1, channels=1, num_classes=1, dropout_ratio=0.1, align_corners=False,
+        loss_decode=dict(type="CrossEntropyLoss", use_sigmoid=False, loss_weight=1.0))))
+    seg.reg_T0, seg.reg_I = frozen_prompts, torch.arange(k)
+    seg.eval()
+    keys = load_weights(torch.nn.ModuleDict(dict(context_decoder=seg.context_decoder)), "", SEED)
+    keys["gamma"] = [e]
+    with torch.no_grad():
+        seg.gamma.copy_(official_weights({"gamma": [e]}, SEED)["gamma"])
+        img = torch.zeros(BATCH, 3, *IMAGE)
+        _, score_map, text_emb, _ = seg.after_extract_feat(seg.extract_feat(img))
+        metas = [dict(img_shape=(*IMAGE, 3), ori_shape=(*IMAGE, 3), pad_shape=(*IMAGE, 3)) for _ in range(BATCH)]
+        losses = seg.forward_train(img, metas, labels, gt_labels=None, gt_masks=None)
+    outputs = {"text_embeddings": summarize(text_emb), "score_map": summarize(score_map)}
+    outputs.update({name: summarize(value.reshape(1)) for name, value in losses.items() if "loss" in name})
+    return {"keys": keys, "outputs": outputs, "tqdm_text": t}
+
+
 METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein": (rein, "w1oves/Rein"),
     "rein_model": (rein_model, "w1oves/Rein"),
     "set": (set_method, "JingjunYi/SET"),
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
     "tqdm_head": (tqdm_head, "ByeongHyunPak/tqdm"),
+    "tqdm_text": (tqdm_text, "ByeongHyunPak/tqdm"),
     "mask2former_head": (mask2former_head, "open-mmlab/mmsegmentation 1.2.2 + mmdet 3.3.0 (installed)"),
 }
 

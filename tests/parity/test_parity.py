@@ -22,7 +22,8 @@ from methods.registry import get_method_class
 from methods.rein import Rein, convert_rein_checkpoint
 from methods.set import SET
 from methods.vireo import GeoTextTokens
-from tests.parity.common import load_fixture, official_weights, parity_error, seeded
+from methods.tqdm import language_regularization, pixel_text_score_map, vision_language_regularization, vision_regularization
+from tests.parity.common import load_fixture, official_weights, parity_error, seeded, seeded_labels
 
 TOKEN_RTOL = 1e-5
 HEAD_RTOL = 1e-4
@@ -172,6 +173,37 @@ def test_tqdm_head_textual_queries_and_predict_match_official():
 
 
 @torch.no_grad()
+def test_tqdm_text_side_and_regularizers_match_official():
+    """ContextDecoder + gamma (official names, through ``load_checkpoint``), the pixel-text score map and the
+    three regularizers on the same seeded embeddings and labels. The official VL loss averages over all
+    pixels, ignored ones included (``average="all"``)."""
+    fx = load_fixture("tqdm_text")
+    t = fx["tqdm_text"]
+    model = get_method_class("tqdm")(get_method_class("tqdm").default_config(scale="miniature")).eval()
+    c = model.config.context_decoder
+    assert (model.config.vit.proj_dim, c.width, c.heads, c.layers) == (t["text_dim"], t["width"], t["heads"],
+                                                                        t["layers"])
+    report = model.load_checkpoint(official_weights(fx["keys"], fx["seed"]))
+    assert report.unexpected == [] and not [k for k in report.missing if k.startswith(("context_decoder.", "gamma"))]
+    e, k, (h, w), b, seed = t["text_dim"], 19, fx["image"], fx["batch"], fx["seed"]
+    text = seeded("text_embeddings", (k, e), seed)  # [K, E]: the frozen encoder's class embeddings
+    global_feat = seeded("global_feat", (b, 1, e), seed)
+    dense = seeded("dense", (b, e, h // 16, w // 16), seed)
+    refined = model.refine_text(text, torch.cat([global_feat, dense.flatten(2).transpose(1, 2)], dim=1))
+    score_map = pixel_text_score_map(dense, refined)
+    labels = seeded_labels((b, 1, h, w), k, seed, ignore_rows=h // 4)[:, 0]
+    got = {
+        "text_embeddings": refined, "score_map": score_map,
+        "reg.textual.loss": language_regularization(refined, seeded("frozen_prompts", (k, e), seed)).reshape(1),
+        "reg.visual.loss": vision_regularization(global_feat[:, 0], seeded("global_feat_init", (b, 1, e), seed)[:, 0]
+                                                 ).reshape(1),
+        "scr_map.loss_seg": vision_language_regularization(score_map / model.config.tau, labels, average="all"
+                                                           ).reshape(1),
+    }
+    check({}, fx, got, TOKEN_RTOL)
+
+
+@torch.no_grad()
 def test_mask2former_head_with_learned_queries_matches_mmseg():
     fx = load_fixture("mask2former_head")
     head = Mask2FormerHead(head_config(fx)).eval()
@@ -183,7 +215,7 @@ def test_mask2former_head_with_learned_queries_matches_mmseg():
     check({}, fx, head_outputs(head, fx), HEAD_RTOL)
 
 
-@pytest.mark.parametrize("name", ["rein", "rein_model", "set", "vireo", "tqdm_head", "mask2former_head"])
+@pytest.mark.parametrize("name", ["rein", "rein_model", "set", "vireo", "tqdm_head", "tqdm_text", "mask2former_head"])
 def test_fixtures_name_their_source(name):
     fx = load_fixture(name)
     assert fx["official_repo"] and fx["keys"] and fx["outputs"]
