@@ -27,10 +27,15 @@ def _name_seed(name: str, seed: int) -> int:
 
 def official_tensor(name: str, shape: tuple[int, ...], seed: int) -> Tensor:
     """A float32 tensor for the official parameter ``name``: scalars 0.5 + 0.25 N, learnable token tables N,
-    1-d weights (norm scales) 1 + 0.1 N, other 1-d tensors 0.1 N, matrices N / sqrt(fan_in)."""
+    BatchNorm running variances 0.5 + |N|, 1-d weights (norm scales) 1 + 0.1 N, other 1-d tensors 0.1 N,
+    matrices N / sqrt(fan_in); ``num_batches_tracked`` 0."""
     g = torch.Generator().manual_seed(_name_seed(name, seed))
     x = torch.randn(tuple(shape), generator=g, dtype=torch.float64)
-    if len(shape) == 0:
+    if name.endswith("num_batches_tracked"):
+        return torch.zeros((), dtype=torch.long)
+    if name.endswith("running_var"):
+        x = 0.5 + x.abs()
+    elif len(shape) == 0:
         x = 0.5 + 0.25 * x
     elif "learnable_tokens" in name:
         pass

@@ -39,7 +39,14 @@ VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
 TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
 TQDM_TEXT = dict(text_dim=32, width=64, heads=4, layers=3)  # = the miniature tqdm's ContextDecoder
-WHOLE_MODEL_IMAGE = (64, 64)  # = the tiny backbone's img_size (no position-embedding resampling)
+WHOLE_MODEL_IMAGE = (64, 64)
+# the miniature CLIP ResNet with 2 blocks per stage: the official _make_layer always adds a last block, so a
+# 1-block stage would have 2 blocks there (real ResNets have >= 3)
+FAMIX = dict(layers=[2, 2, 2, 3], width=8, embed_dim=32, image_size=32)
+FAMIX_BANK_CLASSES = [0, 2, 13, 255]  # classes with one bank entry each; the others fall back to 255
+FAMIX_PATCH_CLASSES = [[0, 2], [2, 5], [13, 13], [255, 0], [7, 2], [0, 0], [13, 255], [2, 19 - 1], [5, 13]]
+CLIP_MEAN = (122.7709383, 116.7460125, 104.09373615)
+CLIP_STD = (68.5005327, 66.6321579, 70.32316305)  # = the tiny backbone's img_size (no position-embedding resampling)
 IMAGENET_MEAN, IMAGENET_STD = (123.675, 116.28, 103.53), (58.395, 57.12, 57.375)  # RGB, 0..255
 
 
@@ -419,6 +426,55 @@ def tqdm_text(official: Path) -> dict[str, Any]:
     return {"keys": keys, "outputs": outputs, "tqdm_text": t}
 
 
+def famix(official: Path) -> dict[str, Any]:
+    """FAMix's network (``_Segmentation``: CLIP ModifiedResNet at output stride 16 + ``DeepLabHeadV3Plus``,
+    eval mode) at a tiny width, and its style mixing (``forward(transfer=True, mix=True)``) on a seeded
+    256-channel 192x192 layer1 map (the official code fixes both numbers) with a one-entry-per-class bank.
+    The mixing code moves tensors to 'cuda'; here ``Tensor.to('cuda')`` is made a no-op for that call."""
+    sys.path.insert(0, str(official))
+    stub_package("tqdm", tqdm=None)  # the progress bar of the weight download, unused
+    from network._deeplab import DeepLabHeadV3Plus, DeepLabV3
+    from network.backbone.resnet_clip import CLIP_encoder
+
+    f = FAMIX
+    torch.manual_seed(SEED)
+    encoder = CLIP_encoder(f["embed_dim"], f["image_size"], tuple(f["layers"]), f["width"], [False, False, True])
+    model = DeepLabV3(encoder.visual, DeepLabHeadV3Plus(f["width"] * 32, f["width"] * 4, 19, [6, 12, 18])).eval()
+    keys = load_weights(model, "", SEED)
+    image = 120 + 60 * seeded("image", (BATCH, 3, *IMAGE), SEED)
+    mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits, _ = model((image - mean) / std)
+    outputs = {"logits": summarize(logits)}
+
+    low = 2 + seeded("low_level", (BATCH, 256, 192, 192), SEED)
+    s = torch.rand((BATCH, 256, 1, 1), generator=torch.Generator().manual_seed(SEED))
+    bank = {f"{c}_{stat}": [] for c in [*range(19), 255] for stat in ("mu", "std")}
+    for c in FAMIX_BANK_CLASSES:
+        bank[f"{c}_mu"].append(seeded(f"bank_mu.{c}", (256, 1, 1), SEED))
+        bank[f"{c}_std"].append(0.5 + seeded(f"bank_std.{c}", (256, 1, 1), SEED).abs())
+    captured = {}
+
+    def backbone(x, *args, **kwargs):
+        if kwargs.get("get1"):
+            return low
+        captured["low_level"] = x.clone()
+        return torch.zeros(BATCH, 1, 1, 1)
+
+    mixer = DeepLabV3(backbone, lambda features: torch.zeros(BATCH, 19, 48, 48))
+    to = torch.Tensor.to
+    torch.Tensor.to = lambda self, *a, **k: self if a[:1] == ("cuda",) else to(self, *a, **k)
+    try:
+        with torch.no_grad():
+            _, feats = mixer(torch.zeros(BATCH, 3, 768, 768), transfer=True, mix=True, most_list=FAMIX_PATCH_CLASSES,
+                             saved_params=bank, activation=torch.nn.ReLU(), s=s)
+    finally:
+        torch.Tensor.to = to
+    outputs["mixed_low_level"] = summarize(feats["low_level"])
+    return {"keys": keys, "outputs": outputs, "famix": f, "bank_classes": FAMIX_BANK_CLASSES,
+            "patch_classes": FAMIX_PATCH_CLASSES}
+
+
 METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein": (rein, "w1oves/Rein"),
     "rein_model": (rein_model, "w1oves/Rein"),
@@ -426,6 +482,7 @@ METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
     "tqdm_head": (tqdm_head, "ByeongHyunPak/tqdm"),
     "tqdm_text": (tqdm_text, "ByeongHyunPak/tqdm"),
+    "famix": (famix, "astra-vision/FAMix"),
     "mask2former_head": (mask2former_head, "open-mmlab/mmsegmentation 1.2.2 + mmdet 3.3.0 (installed)"),
 }
 

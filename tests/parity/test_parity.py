@@ -204,6 +204,47 @@ def test_tqdm_text_side_and_regularizers_match_official():
 
 
 @torch.no_grad()
+def test_famix_network_matches_official():
+    """CLIP ResNet (OS 16, FAMix's dilation pattern) + DeepLabv3+ at the official decoder widths, loaded from an
+    official ``{"model_state": ...}`` checkpoint through ``load_checkpoint``; eval-mode logits."""
+    fx = load_fixture("famix")
+    cls = get_method_class("famix")
+    cfg = cls.default_config(scale="miniature")
+    cfg.resnet = r = dataclasses.replace(cfg.resnet, layers=tuple(fx["famix"]["layers"]))
+    assert (r.width, r.embed_dim, r.image_size) == (fx["famix"]["width"], fx["famix"]["embed_dim"],
+                                                    fx["famix"]["image_size"])
+    cfg.head = dataclasses.replace(cfg.head, aspp_channels=256, low_level_proj=48, decoder_channels=256)
+    model = cls(cfg).eval()
+    report = model.load_checkpoint({"model_state": official_weights(fx["keys"], fx["seed"]), "cur_itrs": 0})
+    assert report.missing == [] and report.unexpected == [], report.summary()
+    image = 120 + 60 * seeded("image", (fx["batch"], 3, *fx["image"]), fx["seed"])
+    check({}, fx, {"logits": model.predict(image)}, HEAD_RTOL)
+
+
+@torch.no_grad()
+def test_famix_style_mixing_matches_official(monkeypatch):
+    """Patch-wise style mixing of a 256-channel 192x192 layer1 map: per-patch statistics, the class bank (empty
+    classes fall back to 255), mixing weights s [B, C, 1, 1], ReLU."""
+    from methods import famix as famix_module
+
+    fx = load_fixture("famix")
+    b, seed = fx["batch"], fx["seed"]
+    model = get_method_class("famix")(get_method_class("famix").default_config(scale="miniature"))
+    model.set_style_bank(famix_module.StyleBank.from_entries(
+        {c: [(seeded(f"bank_mu.{c}", (256, 1, 1), seed), 0.5 + seeded(f"bank_std.{c}", (256, 1, 1), seed).abs())]
+         for c in fx["bank_classes"]}, channels=256))
+    s = torch.rand((b, 256, 1, 1), generator=torch.Generator().manual_seed(seed))
+    monkeypatch.setattr(famix_module, "sample_mixing_weights", lambda shape, *a, **k: s)
+    labels = torch.zeros(b, 768, 768, dtype=torch.long)  # each 256x256 cell is one class: its majority
+    for p, per_image in enumerate(fx["patch_classes"]):
+        r, c = divmod(p, 3)
+        for i, cls_id in enumerate(per_image):
+            labels[i, 256 * r:256 * (r + 1), 256 * c:256 * (c + 1)] = cls_id
+    low = 2 + seeded("low_level", (b, 256, 192, 192), seed)
+    check({}, fx, {"mixed_low_level": model.mix_styles(low, labels)}, TOKEN_RTOL)
+
+
+@torch.no_grad()
 def test_mask2former_head_with_learned_queries_matches_mmseg():
     fx = load_fixture("mask2former_head")
     head = Mask2FormerHead(head_config(fx)).eval()
@@ -215,7 +256,8 @@ def test_mask2former_head_with_learned_queries_matches_mmseg():
     check({}, fx, head_outputs(head, fx), HEAD_RTOL)
 
 
-@pytest.mark.parametrize("name", ["rein", "rein_model", "set", "vireo", "tqdm_head", "tqdm_text", "mask2former_head"])
+@pytest.mark.parametrize("name", ["rein", "rein_model", "set", "vireo", "tqdm_head", "tqdm_text", "famix",
+                                  "mask2former_head"])
 def test_fixtures_name_their_source(name):
     fx = load_fixture(name)
     assert fx["official_repo"] and fx["keys"] and fx["outputs"]
