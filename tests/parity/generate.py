@@ -16,6 +16,7 @@ and :func:`tests.parity.common.summarize` records of the official outputs.
 from __future__ import annotations
 
 import argparse
+import importlib.machinery
 import importlib.util
 import json
 import os
@@ -40,6 +41,8 @@ TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, point
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
 TQDM_TEXT = dict(text_dim=32, width=64, heads=4, layers=3)  # = the miniature tqdm's ContextDecoder
 WHOLE_MODEL_IMAGE = (64, 64)
+REIN_CONFIG = "configs/dinov2/rein_dinov2_mask2former_512x512_bs1x4.py"  # GTA5, 40k iterations
+LR_ITERATIONS = [0, 1, 1000, 20000, 39999]
 # the miniature CLIP ResNet with 2 blocks per stage: the official _make_layer always adds a last block, so a
 # 1-block stage would have 2 blocks there (real ResNets have >= 3)
 FAMIX = dict(layers=[2, 2, 2, 3], width=8, embed_dim=32, image_size=32)
@@ -64,7 +67,9 @@ def stub_mmcv_ext() -> None:
 
             return missing
 
-    sys.modules.setdefault("mmcv._ext", _Missing("mmcv._ext"))
+    ext = _Missing("mmcv._ext")
+    ext.__spec__ = importlib.machinery.ModuleSpec("mmcv._ext", None)  # no loader: "mmcv-full not available"
+    sys.modules.setdefault("mmcv._ext", ext)
 
 
 def load_file(path: Path, name: str):
@@ -216,22 +221,9 @@ def rein_model(official: Path) -> dict[str, Any]:
     """The whole official Rein model at tiny size: ``ReinsDinoVisionTransformer`` (DINOv2 blocks with LoRAReins
     after each, bilinear x4/x2/x1/x0.5 maps) + ``ReinMask2FormerHead``, on an ImageNet-normalised RGB image
     of the backbone's own size (what the data preprocessor hands the backbone); mmseg's ``predict`` logits."""
-    os.environ["XFORMERS_DISABLED"] = "1"  # DINOv2's plain attention path (xformers needs CUDA)
-    stub_package("xformers")
-    stub_package("xformers.ops")  # imported at module level by Rein's EVA02 file, unused here
-    sys.path.insert(0, str(official))
-    import rein as official_rein  # noqa: F401  (registers the official modules)
-    from mmseg.registry import MODELS
-
-    build_mmseg_head(mmseg_head_config("Mask2FormerHead"))  # scope + registries
     size = WHOLE_MODEL_IMAGE
-    backbone = MODELS.build(dict(
-        type="ReinsDinoVisionTransformer", img_size=size[0], patch_size=TOKENS["patch_size"],
-        embed_dim=TOKENS["embed_dims"], depth=TOKENS["num_layers"], num_heads=2, mlp_ratio=4, init_values=1e-5,
-        block_chunks=0, out_indices=list(range(TOKENS["num_layers"])),
-        reins_config=dict(type="LoRAReins", **TOKENS))).eval()
-    head = build_mmseg_head(mmseg_head_config("ReinMask2FormerHead", replace_query_feat=True))
-    model = torch.nn.ModuleDict(dict(backbone=backbone, decode_head=head))
+    model = build_official_rein(official)
+    backbone, head = model["backbone"], model["decode_head"]
     # all parameters (ReinsDinoVisionTransformer.state_dict keeps only the reins)
     shapes = {k: list(v.shape) for k, v in [*model.named_parameters(), *model.named_buffers()]}
     weights = official_weights(shapes, SEED)
@@ -247,6 +239,55 @@ def rein_model(official: Path) -> dict[str, Any]:
     outputs.update(queries=summarize(queries), semantic_logits=summarize(logits))
     return {"keys": shapes, "outputs": outputs, "model_image": list(size), "image_mean": list(IMAGENET_MEAN),
             "image_std": list(IMAGENET_STD)}
+
+
+def build_official_rein(official: Path):
+    """The tiny official Rein segmentor parts as ``ModuleDict(backbone=..., decode_head=...)`` (mmseg names)."""
+    os.environ["XFORMERS_DISABLED"] = "1"  # DINOv2's plain attention path (xformers needs CUDA)
+    stub_package("xformers")
+    stub_package("xformers.ops")  # imported at module level by Rein's EVA02 file, unused here
+    sys.path.insert(0, str(official))
+    import rein as official_rein  # noqa: F401  (registers the official modules)
+    from mmseg.registry import MODELS
+
+    build_mmseg_head(mmseg_head_config("Mask2FormerHead"))  # scope + registries
+    backbone = MODELS.build(dict(
+        type="ReinsDinoVisionTransformer", img_size=WHOLE_MODEL_IMAGE[0], patch_size=TOKENS["patch_size"],
+        embed_dim=TOKENS["embed_dims"], depth=TOKENS["num_layers"], num_heads=2, mlp_ratio=4, init_values=1e-5,
+        block_chunks=0, out_indices=list(range(TOKENS["num_layers"])),
+        reins_config=dict(type="LoRAReins", **TOKENS))).eval()
+    head = build_mmseg_head(mmseg_head_config("ReinMask2FormerHead", replace_query_feat=True))
+    return torch.nn.ModuleDict(dict(backbone=backbone, decode_head=head))
+
+
+def rein_lr(official: Path) -> dict[str, Any]:
+    """Learning rate and weight decay of every trainable parameter at a few iterations, from the official
+    GTA5 config (``optim_wrapper`` with Rein's ``PEFTOptimWrapperConstructor``, ``param_scheduler``) built by
+    mmengine on the tiny official model in training mode (only the reins and the head train)."""
+    from mmengine.config import Config
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import PARAM_SCHEDULERS
+
+    model = build_official_rein(official)
+    model.train()
+    cfg = Config.fromfile(str(official / REIN_CONFIG))
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    schedulers = [PARAM_SCHEDULERS.build(dict(s, optimizer=wrapper)) for s in cfg.param_scheduler]
+    names = {id(p): n for n, p in model.named_parameters()}
+    trainable = sorted(n for n, p in model.named_parameters() if p.requires_grad)
+    record: dict[str, dict[str, float]] = {n: {} for n in trainable}
+    decay: dict[str, float] = {}
+    for it in range(cfg.train_cfg.max_iters):
+        if it in LR_ITERATIONS:
+            for group in wrapper.optimizer.param_groups:
+                for p in group["params"]:
+                    if p.requires_grad:
+                        record[names[id(p)]][str(it)] = group["lr"]
+                        decay[names[id(p)]] = group["weight_decay"]
+        for scheduler in schedulers:
+            scheduler.step()
+    return {"keys": {}, "outputs": {}, "lr": record, "weight_decay": decay, "config": REIN_CONFIG,
+            "iterations": LR_ITERATIONS}
 
 
 def vireo(official: Path) -> dict[str, Any]:
@@ -478,6 +519,7 @@ def famix(official: Path) -> dict[str, Any]:
 METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein": (rein, "w1oves/Rein"),
     "rein_model": (rein_model, "w1oves/Rein"),
+    "rein_lr": (rein_lr, "w1oves/Rein"),
     "set": (set_method, "JingjunYi/SET"),
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
     "tqdm_head": (tqdm_head, "ByeongHyunPak/tqdm"),
