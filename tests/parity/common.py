@@ -57,11 +57,22 @@ def seeded(name: str, shape: tuple[int, ...], seed: int, scale: float = 1.0) -> 
     return (scale * torch.randn(tuple(shape), generator=g, dtype=torch.float64)).float()
 
 
-def seeded_labels(shape: tuple[int, ...], num_classes: int, seed: int, ignore_rows: int = 0) -> Tensor:
-    """Train-id labels [B, ..., H, W] uniform over ``num_classes``, the first ``ignore_rows`` rows 255."""
+def seeded_labels(shape: tuple[int, ...], num_classes: int, seed: int, ignore_rows: int = 0,
+                  classes: list[int] | None = None) -> Tensor:
+    """Train-id labels [B, ..., H, W] uniform over ``num_classes`` ids (``classes[i]`` for id i when given),
+    the first ``ignore_rows`` rows 255."""
     labels = torch.randint(0, num_classes, tuple(shape), generator=torch.Generator().manual_seed(seed))
+    if classes is not None:
+        labels = torch.tensor(classes)[labels]
     labels[..., :ignore_rows, :] = 255
     return labels
+
+
+def fixed_points(name: str, rows: int, num_points: int, seed: int) -> Tensor:
+    """Point coordinates [rows, num_points, 2] in [0, 1) that replace the random point samples of the
+    Mask2Former matcher and losses on both sides (the same rows for every prediction set)."""
+    g = torch.Generator().manual_seed(_name_seed("points:" + name, seed))
+    return torch.rand((rows, num_points, 2), generator=g, dtype=torch.float64).float()
 
 
 def summarize(x: Tensor) -> dict[str, Any]:

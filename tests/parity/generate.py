@@ -28,14 +28,16 @@ from typing import Any, Callable
 
 import torch
 
-from tests.parity.common import FIXTURES, official_weights, seeded, seeded_labels, summarize, write_fixture
+from tests.parity.common import (FIXTURES, fixed_points, official_weights, seeded, seeded_labels, summarize,
+                                 write_fixture)
 
 SEED = 0
 BATCH = 2
 IMAGE = (64, 96)  # input size; patch 16 -> a 4x6 token grid; strides 4..32 -> 16x24 .. 2x3 maps
 TOKENS = dict(num_layers=4, embed_dims=64, patch_size=16, query_dims=32, token_length=8, lora_dim=16)
 HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2, pd_ffn=64, points=4,
-            dec_layers=3, dec_ffn=64)
+            dec_layers=3, dec_ffn=64, points_for_loss=64)
+LOSS_CLASSES = [0, 5, 11, 13]  # the classes of the loss labels (fewer than the queries: every one matched)
 VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
 TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
@@ -150,7 +152,7 @@ def mmseg_head_config(head_type: str, **extra: Any) -> dict:
         loss_mask=dict(type="mmdet.CrossEntropyLoss", use_sigmoid=True, reduction="mean", loss_weight=5.0),
         loss_dice=dict(type="mmdet.DiceLoss", use_sigmoid=True, activate=True, reduction="mean", naive_dice=True,
                        eps=1.0, loss_weight=5.0),
-        train_cfg=dict(num_points=64, oversample_ratio=3.0, importance_sample_ratio=0.75,
+        train_cfg=dict(num_points=HEAD["points_for_loss"], oversample_ratio=3.0, importance_sample_ratio=0.75,
                        assigner=dict(type="mmdet.HungarianAssigner", match_costs=[
                            dict(type="mmdet.ClassificationCost", weight=2.0),
                            dict(type="mmdet.CrossEntropyLossCost", weight=5.0, use_sigmoid=True),
@@ -182,6 +184,48 @@ def run_mmseg_head(head, x) -> dict[str, Any]:
     out = {f"set{i}.cls": summarize(c) for i, c in enumerate(cls_list)}
     out.update({f"set{i}.mask": summarize(m) for i, m in enumerate(mask_list)})
     out["semantic_logits"] = summarize(logits)
+    return out
+
+
+def mmseg_head_losses(head, x) -> dict[str, Any]:
+    """mmseg ``Mask2FormerHead.loss`` on seeded labels with fixed point samples (:func:`fixed_points`): the
+    matcher's ``torch.rand`` and the loss's importance sampling are replaced; each loss type summed over the
+    prediction sets (as the harness reports them)."""
+    import mmdet.models.dense_heads.mask2former_head as mmdet_m2f
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+
+    points = HEAD["points_for_loss"]
+    labels = seeded_labels((BATCH, *IMAGE), len(LOSS_CLASSES), SEED, ignore_rows=IMAGE[0] // 8,
+                           classes=LOSS_CLASSES)
+    match_points = fixed_points("match", 1, points, SEED)
+    loss_points = fixed_points("loss", 64, points, SEED)
+
+    class TorchWithFixedRand(types.ModuleType):
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def rand(*args, **kwargs):
+            return match_points.clone()
+
+    patched_torch = TorchWithFixedRand("torch")
+    samples = []
+    for i in range(BATCH):
+        sample = SegDataSample(metainfo=dict(img_shape=IMAGE, pad_shape=IMAGE, ori_shape=IMAGE))
+        sample.gt_sem_seg = PixelData(data=labels[i][None])
+        samples.append(sample)
+    saved = mmdet_m2f.torch, mmdet_m2f.get_uncertain_point_coords_with_randomness
+    mmdet_m2f.torch = patched_torch
+    mmdet_m2f.get_uncertain_point_coords_with_randomness = lambda preds, *a, **k: loss_points[:preds.shape[0]]
+    try:
+        losses = head.loss(x, samples, dict())
+    finally:
+        mmdet_m2f.torch, mmdet_m2f.get_uncertain_point_coords_with_randomness = saved
+    out = {}
+    for kind in ("loss_cls", "loss_mask", "loss_dice"):
+        total = sum(v for k, v in losses.items() if k.split(".")[-1] == kind)
+        out[kind] = summarize(total.detach().reshape(1))
     return out
 
 
@@ -330,7 +374,9 @@ def mask2former_head(official: Path) -> dict[str, Any]:
 
     head = build_mmseg_head(mmseg_head_config("Mask2FormerHead"))
     keys = load_weights(head, "decode_head.", SEED)
-    return {"keys": keys, "outputs": run_mmseg_head(head, head_inputs()),
+    outputs = run_mmseg_head(head, head_inputs())
+    outputs.update(mmseg_head_losses(head, head_inputs()))
+    return {"keys": keys, "outputs": outputs, "loss_classes": LOSS_CLASSES,
             "official_commit": f"mmsegmentation=={mmseg.__version__} mmdet=={mmdet.__version__} (PyPI)"}
 
 

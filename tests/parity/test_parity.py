@@ -23,7 +23,7 @@ from methods.rein import Rein, convert_rein_checkpoint
 from methods.set import SET
 from methods.vireo import GeoTextTokens
 from methods.tqdm import language_regularization, pixel_text_score_map, vision_language_regularization, vision_regularization
-from tests.parity.common import load_fixture, official_weights, parity_error, seeded, seeded_labels
+from tests.parity.common import fixed_points, load_fixture, official_weights, parity_error, seeded, seeded_labels
 
 TOKEN_RTOL = 1e-5
 HEAD_RTOL = 1e-4
@@ -277,6 +277,39 @@ def test_mask2former_head_with_learned_queries_matches_mmseg():
                                                strict=False)
     assert not unexpected and not [k for k in missing if not k.startswith("criterion.")], missing
     check({}, fx, head_outputs(head, fx), HEAD_RTOL)
+
+
+def test_mask2former_losses_on_fixed_points_match_mmdet(monkeypatch):
+    """Hungarian matching + class / mask BCE / Dice losses of all prediction sets, with the random point
+    samples of the matcher and of the losses replaced by the same fixed points on both sides."""
+    from methods.heads import criterion as criterion_module
+    from methods.heads import matcher as matcher_module
+
+    fx = load_fixture("mask2former_head")
+    cfg = dataclasses.replace(head_config(fx), train_num_points=fx["head"]["points_for_loss"])
+    head = Mask2FormerHead(cfg).eval()
+    conversion = convert_mmdet_head(official_weights(fx["keys"], fx["seed"]))
+    head.load_state_dict({k[len("decode_head."):]: v for k, v in conversion.tensors.items()}, strict=False)
+    points, seed = cfg.train_num_points, fx["seed"]
+    match_points = fixed_points("match", 1, points, seed)[0]
+    loss_points = fixed_points("loss", 64, points, seed)
+
+    class FixedRandTorch:
+        def __getattr__(self, name):
+            return getattr(torch, name)
+
+        @staticmethod
+        def rand(*args, **kwargs):
+            return match_points.clone()
+
+    num_sets = cfg.decoder_layers + 1
+    monkeypatch.setattr(matcher_module, "torch", FixedRandTorch())
+    monkeypatch.setattr(criterion_module, "uncertain_point_coords",  # the same rows for every set, as mmdet's
+                        lambda src, *a, **k: loss_points[:src.shape[0] // num_sets].repeat(num_sets, 1, 1))
+    labels = seeded_labels((fx["batch"], *fx["image"]), len(fx["loss_classes"]), seed,
+                           ignore_rows=fx["image"][0] // 8, classes=fx["loss_classes"])
+    losses = head.losses(head(head_inputs(fx)), labels)
+    check({}, fx, {k: v.detach().reshape(1) for k, v in losses.items()}, HEAD_RTOL)
 
 
 @pytest.mark.parametrize("name", ["rein", "rein_model", "rein_lr", "set", "vireo", "tqdm_head", "tqdm_text",
