@@ -279,6 +279,21 @@ def test_mask2former_head_with_learned_queries_matches_mmseg():
     check({}, fx, head_outputs(head, fx), HEAD_RTOL)
 
 
+@torch.no_grad()
+def test_vltseg_head_loaded_through_load_checkpoint_matches_mmseg():
+    """VLTSeg's head is mmseg's own Mask2FormerHead: the same fixture, loaded through ``VLTSeg.load_checkpoint``."""
+    fx = load_fixture("mask2former_head")
+    cls = get_method_class("vltseg")
+    cfg = cls.default_config(scale="miniature")
+    cfg.head = dataclasses.replace(head_config(fx), in_channels=cfg.head.in_channels)
+    assert cfg.head.in_channels == (fx["head"]["channels"],) * 4
+    model = cls(cfg).eval()
+    report = model.load_checkpoint(official_weights(fx["keys"], fx["seed"]))
+    assert report.unexpected == [] and all(k.startswith(("backbone.", "neck.")) for k in report.missing), \
+        report.summary()
+    check({}, fx, head_outputs(model.decode_head, fx), HEAD_RTOL)
+
+
 def test_mask2former_losses_on_fixed_points_match_mmdet(monkeypatch):
     """Hungarian matching + class / mask BCE / Dice losses of all prediction sets, with the random point
     samples of the matcher and of the losses replaced by the same fixed points on both sides."""
