@@ -38,7 +38,8 @@ TOKENS = dict(num_layers=4, embed_dims=64, patch_size=16, query_dims=32, token_l
 HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2, pd_ffn=64, points=4,
             dec_layers=3, dec_ffn=64, points_for_loss=64)
 LOSS_CLASSES = [0, 5, 11, 13]  # the classes of the loss labels (fewer than the queries: every one matched)
-VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3
+VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3  # 19 classes + "background"
+VIREO_HEAD = dict(channels=1024, hidden=256, heads=8, queries=8)  # channels, hidden: fixed by the official head
 TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
 TQDM_TEXT = dict(text_dim=32, width=64, heads=4, layers=3)  # = the miniature tqdm's ContextDecoder
@@ -334,27 +335,40 @@ def rein_lr(official: Path) -> dict[str, Any]:
             "iterations": LR_ITERATIONS}
 
 
-def vireo(official: Path) -> dict[str, Any]:
-    """Vireo's ``VireoReins`` (GeoText tokens). Its constructor encodes class names with CLIP ViT-L/14@336
-    (no weights here): the CLIP loader is stubbed and ``text_features`` [K, templates, 768] is set from a seed."""
+def vireo_stubs() -> str:
+    """Packages standing in for ``vireo.models`` so that single official files import: the CLIP loader (no
+    ViT-L/14@336 weights here) returns nothing and the template lists are placeholders (the class embeddings
+    are replaced by seeded ones)."""
     pkg = "official_vireo"
     stub_package(pkg)
     stub_package(pkg + ".backbones")
     stub_package(pkg + ".heads")
     clip = types.SimpleNamespace(load=lambda *a, **k: (None, None))
     stub_package(pkg + ".heads.third_party", clip=clip, imagenet_templates=types.SimpleNamespace(
-        IMAGENET_TEMPLATES_SELECT_CLIP=["{}"] * VIREO_TEMPLATES))
+        IMAGENET_TEMPLATES_SELECT_CLIP=["{}"] * VIREO_TEMPLATES, IMAGENET_TEMPLATES_SELECT=["{}"] * VIREO_TEMPLATES))
+    return pkg
+
+
+def vireo_class_json() -> Path:
+    path = Path(__file__).parent / "fixtures" / "_vireo_classes.json"
+    path.write_text(json.dumps([f"class {i}" for i in range(VIREO_TEXTS)]))
+    return path
+
+
+def vireo(official: Path) -> dict[str, Any]:
+    """Vireo's ``VireoReins`` (GeoText tokens). Its constructor encodes class names with CLIP ViT-L/14@336
+    (no weights here): the CLIP loader is stubbed and ``text_features`` [K, templates, 768] is set from a seed."""
+    pkg = vireo_stubs()
     mod = load_file(official / "vireo/models/backbones/vireo.py", pkg + ".backbones.vireo")
     text = seeded("text_features", (VIREO_TEXTS, VIREO_TEMPLATES, VIREO_TEXT_DIM), SEED)
     mod.Vireo.class_embeddings = lambda self, names, templates, model: text.permute(1, 0, 2)
-    class_json = Path(__file__).parent / "fixtures" / "_vireo_classes.json"
-    class_json.write_text(json.dumps([f"class {i}" for i in range(VIREO_TEXTS)]))
+    class_json = vireo_class_json()
     try:
         torch.manual_seed(SEED)
         reins = mod.VireoReins(class_json=str(class_json), **TOKENS).eval()
     finally:
         class_json.unlink()
-    keys = load_weights(reins, "backbone.reins.", SEED)
+    keys = load_weights(reins, "backbone.vireo.", SEED)  # VireoDinoVisionTransformer.vireo
     outputs = {}
     n = (IMAGE[0] // 16) * (IMAGE[1] // 16)
     with torch.no_grad():
@@ -364,6 +378,52 @@ def vireo(official: Path) -> dict[str, Any]:
         _, queries = reins.return_auto(None)
     outputs["queries"] = summarize(queries)
     return {"keys": keys, "outputs": outputs, "text_features_shape": list(text.shape)}
+
+
+def vireo_head(official: Path) -> dict[str, Any]:
+    """Vireo's ``VireoMask2FormerHead``: DQCM, the coarse mask prior (CMPE) and its query anchors, classification
+    through text, mmseg's ``predict``. The official head fixes 1024 input channels, 256 hidden and 768-d text,
+    so those stay at full size here; layers and queries are few. Queries Q and per-template class embeddings
+    [K, templates, 768] are seeded inputs."""
+    stub_mmcv_ext()
+    pkg = vireo_stubs()
+    mod = load_file(official / "vireo/models/heads/vireo_mask2former.py", pkg + ".heads.vireo_mask2former")
+    text = seeded("head_text_features", (VIREO_TEXTS, VIREO_TEMPLATES, VIREO_TEXT_DIM), SEED)
+    mod.VireoMask2FormerHead.class_embeddings = lambda self, names, templates, model: text.permute(1, 0, 2)
+    h = VIREO_HEAD
+    cfg = mmseg_head_config("VireoMask2FormerHead", replace_query_feat=True)
+    d = h["hidden"]
+    attn = dict(embed_dims=d, num_heads=h["heads"], attn_drop=0.0, proj_drop=0.0, dropout_layer=None,
+                batch_first=True)
+    cfg.update(in_channels=[h["channels"]] * 4, feat_channels=d, out_channels=d, num_queries=h["queries"],
+               num_classes=VIREO_TEXTS - 1)
+    cfg["pixel_decoder"]["encoder"]["layer_cfg"]["self_attn_cfg"].update(embed_dims=d, num_heads=h["heads"])
+    cfg["pixel_decoder"]["encoder"]["layer_cfg"]["ffn_cfg"].update(embed_dims=d)
+    cfg["pixel_decoder"]["positional_encoding"]["num_feats"] = d // 2
+    cfg["positional_encoding"]["num_feats"] = d // 2
+    cfg["transformer_decoder"]["layer_cfg"].update(self_attn_cfg=attn, cross_attn_cfg=attn)
+    cfg["transformer_decoder"]["layer_cfg"]["ffn_cfg"].update(embed_dims=d)
+    cfg["loss_cls"]["class_weight"] = [1.0] * (VIREO_TEXTS - 1) + [0.1]
+    class_json = vireo_class_json()
+    try:
+        torch.manual_seed(SEED)
+        head = build_mmseg_head(dict(cfg, class_json=str(class_json)))
+    finally:
+        class_json.unlink()
+    keys = load_weights(head, "decode_head.", SEED)
+    feats = [seeded(f"vireo_feature.{s}", (BATCH, h["channels"], IMAGE[0] // s, IMAGE[1] // s), SEED)
+             for s in (4, 8, 16, 32)]
+    queries = seeded("vireo_queries", (h["queries"], d), SEED)
+    from mmseg.structures import SegDataSample
+
+    metas = [dict(img_shape=IMAGE, pad_shape=IMAGE, ori_shape=IMAGE) for _ in range(BATCH)]
+    with torch.no_grad():
+        cls_list, mask_list, prior = head((list(feats), queries), [SegDataSample(metainfo=m) for m in metas])
+        logits = head.predict((list(feats), queries), metas, dict())
+    outputs = {f"set{i}.cls": summarize(c) for i, c in enumerate(cls_list)}
+    outputs.update({f"set{i}.mask": summarize(m) for i, m in enumerate(mask_list)})
+    outputs.update(mask_prior=summarize(prior), semantic_logits=summarize(logits))
+    return {"keys": keys, "outputs": outputs, "vireo_head": h, "text_features_shape": list(text.shape)}
 
 
 def mask2former_head(official: Path) -> dict[str, Any]:
@@ -568,6 +628,7 @@ METHODS: dict[str, tuple[Callable[[Path], dict], str]] = {
     "rein_lr": (rein_lr, "w1oves/Rein"),
     "set": (set_method, "JingjunYi/SET"),
     "vireo": (vireo, "anonymouse-9c53tp182bvz/Vireo"),
+    "vireo_head": (vireo_head, "anonymouse-9c53tp182bvz/Vireo"),
     "tqdm_head": (tqdm_head, "ByeongHyunPak/tqdm"),
     "tqdm_text": (tqdm_text, "ByeongHyunPak/tqdm"),
     "famix": (famix, "astra-vision/FAMix"),

@@ -11,6 +11,7 @@ tests").
 from __future__ import annotations
 
 import dataclasses
+import types
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ import torch.nn.functional as F
 from methods.heads.mask2former import Mask2FormerConfig, Mask2FormerHead, semantic_inference
 from methods.heads.mmdet_keys import convert_mmdet_head
 from methods.registry import get_method_class
-from methods.rein import Rein, convert_rein_checkpoint
+from methods.rein import Rein
 from methods.set import SET
 from methods.vireo import GeoTextTokens
 from methods.tqdm import language_regularization, pixel_text_score_map, vision_language_regularization, vision_regularization
@@ -146,6 +147,52 @@ def test_set_tokens_queries_and_head_match_official_released_fft():
     check(errors, fx, head_outputs(model.decode_head, fx, **model.head_queries()), HEAD_RTOL)
 
 
+def vireo_conversion(state: dict) -> dict:
+    """Official Vireo names -> ours, through ``Vireo.convert_checkpoint`` (of a miniature Vireo: the mapping
+    does not depend on the sizes)."""
+    cls = get_method_class("vireo")
+    return cls(cls.default_config(scale="miniature")).convert_checkpoint(state)
+
+
+@torch.no_grad()
+def test_vireo_head_dqcm_prior_text_classes_and_predict_match_official():
+    """Vireo's head through ``Vireo.forward_head`` and ``predict`` (backbones replaced by seeded maps and
+    queries): DQCM residual, CMPE prior and anchors added to the query positions, text classification."""
+    from methods.vireo import CoarseMaskPrior, DynamicQueryCorrection, TextClassifier, Vireo
+
+    fx = load_fixture("vireo_head")
+    h, seed, b = fx["vireo_head"], fx["seed"], fx["batch"]
+    k, p, e = fx["text_features_shape"]
+    cfg = dataclasses.replace(head_config(fx), in_channels=(h["channels"],) * 4, hidden_dim=h["hidden"],
+                              num_heads=h["heads"], num_queries=h["queries"], num_classes=k - 1,
+                              mask_loss_on_points=False)
+    head = Mask2FormerHead(cfg).eval()  # assembled as Vireo.__init__ does
+    head.remove_learned_queries()
+    head.querys2feat = torch.nn.Linear(cfg.hidden_dim, cfg.hidden_dim)
+    head.dqcm = DynamicQueryCorrection(h["channels"], 4, 16)
+    head.prior = CoarseMaskPrior(h["channels"], e, p, cfg.hidden_dim, cfg.num_queries)
+    head.class_predictor = TextClassifier(cfg.hidden_dim, e, p, k)
+    converted = vireo_conversion(official_weights(fx["keys"], seed))
+    missing, unexpected = head.load_state_dict(
+        {key[len("decode_head."):]: v for key, v in converted.items() if key.startswith("decode_head.")}, strict=False)
+    assert not unexpected and [m for m in missing if not m.startswith("criterion.")] == [
+        "class_predictor.text_features"], (missing, unexpected)
+    head.class_predictor.set_text_features(seeded("head_text_features", (k, p, e), seed))
+    feats = [seeded(f"vireo_feature.{s}", (b, h["channels"], fx["image"][0] // s, fx["image"][1] // s), seed)
+             for s in (4, 8, 16, 32)]
+    queries = seeded("vireo_queries", (h["queries"], h["hidden"]), seed)
+    model = types.SimpleNamespace(ensure_text_embeddings=lambda: None, extract_features=lambda images: list(feats),
+                                  decode_head=head, reins=types.SimpleNamespace(queries=lambda: queries))
+    model.forward_head = lambda images: Vireo.forward_head(model, images)
+    images = torch.zeros(b, 3, *fx["image"])
+    out = model.forward_head(images)
+    sets = out["aux_outputs"] + [{"pred_logits": out["pred_logits"], "pred_masks": out["pred_masks"]}]
+    got = {f"set{i}.cls": s["pred_logits"] for i, s in enumerate(sets)}
+    got.update({f"set{i}.mask": s["pred_masks"] for i, s in enumerate(sets)})
+    got.update(mask_prior=out["mask_prior"], semantic_logits=Vireo.predict(model, images))
+    check({}, fx, got, HEAD_RTOL)
+
+
 @torch.no_grad()
 def test_vireo_geotext_tokens_match_official():
     fx = load_fixture("vireo")
@@ -154,9 +201,9 @@ def test_vireo_geotext_tokens_match_official():
     tokens = GeoTextTokens(t["num_layers"], t["embed_dims"], text_dim=text_dim, num_texts=k,
                            token_length=t["token_length"], lora_dim=t["lora_dim"], patch_size=t["patch_size"],
                            query_dim=t["query_dims"]).eval()
-    converted, left, _ = convert_rein_checkpoint(official_weights(fx["keys"], fx["seed"]))
-    assert left == {}
-    tokens.load_state_dict({k[len("reins."):]: v for k, v in converted.items()}, strict=False)
+    converted = vireo_conversion(official_weights(fx["keys"], fx["seed"]))
+    missing, unexpected = tokens.load_state_dict({k[len("reins."):]: v for k, v in converted.items()}, strict=False)
+    assert not unexpected and missing == ["text_features"], (missing, unexpected)
     per_template = seeded("text_features", tuple(fx["text_features_shape"]), fx["seed"])
     tokens.set_text_features(F.normalize(F.normalize(per_template, dim=-1).mean(dim=1), dim=-1))
     (h, w), n = fx["image"], 0
@@ -327,8 +374,8 @@ def test_mask2former_losses_on_fixed_points_match_mmdet(monkeypatch):
     check({}, fx, {k: v.detach().reshape(1) for k, v in losses.items()}, HEAD_RTOL)
 
 
-@pytest.mark.parametrize("name", ["rein", "rein_model", "rein_lr", "set", "vireo", "tqdm_head", "tqdm_text",
-                                  "famix", "mask2former_head"])
+@pytest.mark.parametrize("name", ["rein", "rein_model", "rein_lr", "set", "vireo", "vireo_head", "tqdm_head",
+                                  "tqdm_text", "famix", "mask2former_head"])
 def test_fixtures_name_their_source(name):
     fx = load_fixture(name)
     assert fx["official_repo"] and (fx["keys"] and fx["outputs"] or fx.get("lr"))
