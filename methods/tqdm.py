@@ -621,6 +621,8 @@ class TextualQueryDrivenMaskTransformer(Method):
         return self.reg_E0.project(final)
 
     def predict(self, images: Tensor) -> Tensor:
+        """As tqdm's mmseg-0.x head: class x mask scores at 1/4 resolution, then the class maps resized to
+        the input (not mmseg-1.x's mask-first upsampling, :func:`semantic_inference`)."""
         outputs = self.forward_features(images, score_map=False)
         seg = semantic_inference(outputs["pred_logits"], outputs["pred_masks"])
         return F.interpolate(seg.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)

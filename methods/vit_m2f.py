@@ -110,9 +110,10 @@ class ViTMask2Former(Method):
         return self.decode_head.losses(outputs, labels)
 
     def predict(self, images: Tensor) -> Tensor:
+        """mmseg ``Mask2FormerHead.predict``: mask logits upsampled to the input size, then sigmoid and the
+        class einsum."""
         outputs = self.forward_head(images)
-        seg = semantic_inference(outputs["pred_logits"], outputs["pred_masks"])
-        return F.interpolate(seg.float(), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return semantic_inference(outputs["pred_logits"], outputs["pred_masks"], size=images.shape[-2:])
 
     def pretrained_loaders(self) -> dict[str, Any]:
         file = self.config.vit.weights_file if self.config.scale == "paper" else None

@@ -94,11 +94,18 @@ class MaskedAttentionDecoderLayer(nn.Module):
         return self.norms[2](x + self.ffn(x))
 
 
-def semantic_inference(pred_logits: Tensor, pred_masks: Tensor) -> Tensor:
+def semantic_inference(pred_logits: Tensor, pred_masks: Tensor, size: tuple[int, int] | None = None) -> Tensor:
     """Per class, sum over queries of softmax(class)[:, :, :C] x sigmoid(mask):
-    [B, Q, C+1], [B, Q, h, w] -> [B, C, h, w]."""
+    [B, Q, C+1], [B, Q, h, w] -> [B, C, h, w].
+
+    With ``size`` the mask logits are first upsampled (bilinear) to ``size``, then passed through the
+    sigmoid, as mmseg's ``Mask2FormerHead.predict`` does -> [B, C, *size]. Without it the scores stay at
+    the mask resolution (tqdm's mmseg-0.x head combines first and resizes the class maps afterwards)."""
+    masks = pred_masks.float()
+    if size is not None:
+        masks = F.interpolate(masks, size=tuple(size), mode="bilinear", align_corners=False)
     probs = pred_logits.float().softmax(-1)[..., :-1]
-    return torch.einsum("bqc,bqhw->bchw", probs, pred_masks.float().sigmoid())
+    return torch.einsum("bqc,bqhw->bchw", probs, masks.sigmoid())
 
 
 class Mask2FormerHead(nn.Module):
@@ -178,7 +185,9 @@ class Mask2FormerHead(nn.Module):
         masks = torch.einsum("bqc,bchw->bqhw", self.mask_embed(x), mask_features)
         with torch.no_grad():
             small = F.interpolate(masks, size=attn_size, mode="bilinear", align_corners=False).flatten(2)
-            allowed = small >= 0  # sigmoid >= 0.5; sigmoid < 0.5 is masked
+            # mmdet masks where sigmoid < 0.5; written the same way (not ``small >= 0``) so that tiny negative
+            # logits, whose sigmoid rounds to exactly 0.5, may attend as they do there
+            allowed = ~(small.sigmoid() < 0.5)
             allowed = allowed | ~allowed.any(-1, keepdim=True)  # a fully masked row attends everywhere
         return logits, masks, allowed
 
@@ -221,7 +230,8 @@ class Mask2FormerHead(nn.Module):
         targets = semantic_targets(labels, self.cfg.num_classes, ignore_index)
         return self.criterion(outputs, targets)
 
-    def predict(self, features, **kwargs) -> Tensor:
-        """Per-class scores [B, C, H/4, W/4] (``semantic_inference`` of the final set)."""
+    def predict(self, features, size: tuple[int, int] | None = None, **kwargs) -> Tensor:
+        """Per-class scores of the final set (``semantic_inference``): [B, C, *size] with the mask logits
+        upsampled to ``size`` first (mmseg), or [B, C, H/4, W/4] without ``size``."""
         out = self(features, **kwargs)
-        return semantic_inference(out["pred_logits"], out["pred_masks"])
+        return semantic_inference(out["pred_logits"], out["pred_masks"], size)

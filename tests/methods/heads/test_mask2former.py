@@ -4,6 +4,7 @@ import dataclasses
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from methods.heads import FixedMatcher, Mask2FormerConfig, Mask2FormerHead, semantic_inference
@@ -36,6 +37,28 @@ def test_forward_shapes_and_deep_supervision_sets():
     scores = semantic_inference(out["pred_logits"], out["pred_masks"])
     assert scores.shape == (2, 5, 16, 16)
     torch.testing.assert_close(head.predict(features()), scores)
+    torch.testing.assert_close(head.predict(features(), size=(64, 64)),
+                               semantic_inference(out["pred_logits"], out["pred_masks"], (64, 64)))
+
+
+def mmseg_semantic_logits(pred_logits, pred_masks, size):
+    """mmseg ``Mask2FormerHead.predict`` written out: bilinear upsampling of every query's mask logits to the
+    input size, sigmoid, then per class the sum over queries weighted by softmax(class) without no-object."""
+    up = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False).sigmoid()
+    probs = pred_logits.softmax(-1)[..., :-1]
+    out = torch.zeros(pred_logits.shape[0], probs.shape[-1], *size)
+    for q in range(pred_logits.shape[1]):
+        out += probs[:, q, :, None, None] * up[:, q, None]
+    return out
+
+
+def test_semantic_inference_upsamples_mask_logits_before_the_sigmoid():
+    g = torch.Generator().manual_seed(0)
+    logits, masks = torch.randn(2, 8, 6, generator=g), 4 * torch.randn(2, 8, 5, 7, generator=g)
+    got = semantic_inference(logits, masks, (20, 28))
+    torch.testing.assert_close(got, mmseg_semantic_logits(logits, masks, (20, 28)), rtol=1e-6, atol=1e-6)
+    combine_then_resize = F.interpolate(semantic_inference(logits, masks), size=(20, 28), mode="bilinear")
+    assert (got - combine_then_resize).abs().max() > 1e-2  # the order matters
 
 
 def test_query_overrides_replace_tables_and_removal():
@@ -121,6 +144,21 @@ def test_attention_mask_from_previous_masks():
     mask_features.zero_()
     _, _, allowed = head._predict(queries, mask_features, (2, 2))
     assert allowed.all()
+
+
+def test_attention_mask_threshold_is_mmdets_sigmoid_test():
+    """mmdet masks where ``sigmoid(x) < 0.5``: a logit of -1e-8 has sigmoid exactly 0.5 in fp32 and may attend
+    (an ``x >= 0`` test would mask it); -1e-3 is masked."""
+    head = make_head()
+    mask_features = torch.zeros(1, 32, 2, 2)
+    mask_features[0, 0] = torch.tensor([[-1e-8, 1e-8], [-1e-3, 0.0]])
+    with torch.no_grad():
+        head.mask_embed[-1].weight.zero_()
+        head.mask_embed[-1].bias.zero_()
+        head.mask_embed[-1].bias[0] = 1.0  # mask logits = channel 0 of mask_features, for every query
+    _, masks, allowed = head._predict(torch.randn(1, 8, 32), mask_features, (2, 2))
+    assert torch.sigmoid(torch.tensor(-1e-8)).item() == 0.5
+    assert allowed[0, 0].tolist() == [True, True, False, True]
 
 
 def test_losses_backprop_to_every_parameter_and_full_mask_mode():
