@@ -1,4 +1,5 @@
 import os
+import sys
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -6,8 +7,10 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-# under pytest-xdist each worker gets one thread (OpenMP spin-waits make oversubscription very slow)
-torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else max(1, min(2, os.cpu_count() or 1)))
+# under pytest-xdist or mutmut's parallel workers each process gets one thread (OpenMP spin-waits make
+# oversubscription very slow)
+_parallel = os.environ.get("PYTEST_XDIST_WORKER") or "mutmut" in sys.modules
+torch.set_num_threads(1 if _parallel else max(1, min(2, os.cpu_count() or 1)))
 
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 

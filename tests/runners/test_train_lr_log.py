@@ -1,0 +1,99 @@
+"""The learning rate the Trainer actually uses, read from train_log.jsonl, against the mmcv formula written
+out here (poly decay with per-group min_lr, linear warm-up, constant phase): iterations 0, 1, the warm-up
+end and the last one. A run-against-run comparison would pass an off-by-one in both runs."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from methods.base import Method, MethodConfig, TrainRecipe
+from runners.train import Trainer, lr_factor
+
+
+def poly_with_warmup(step, *, base, total, power, min_lr=0.0, warmup=0, ratio=1e-6, constant=0):
+    """mmcv PolyLrUpdaterHook + linear warm-up, for 0-based ``step`` (the step the LR is applied to)."""
+    progress = 0.0 if step < constant else (step - constant) / (total - constant)
+    floor = min(min_lr, base)
+    lr = (base - floor) * (1.0 - progress) ** power + floor
+    if step < warmup:
+        lr *= 1.0 - (1.0 - step / warmup) * (1.0 - ratio)
+    return lr
+
+
+RECIPE = TrainRecipe(iterations=8, batch_size=2, lr=0.1, schedule="poly", power=0.9, min_lr=0.01, warmup_iters=3,
+                     warmup_ratio=0.1, checkpoint_interval=100, log_interval=1)
+
+
+class OneConv(Method):
+    name = "one_conv"
+
+    def __init__(self, config: MethodConfig):
+        super().__init__(config)
+        self.head = nn.Conv2d(3, config.num_classes, 1)
+
+    @classmethod
+    def default_config(cls, backbone=None, *, scale="paper"):
+        return MethodConfig(backbone="toy", scale=scale)
+
+    @classmethod
+    def recipe(cls, *, source="gta5", scale="paper", backbone=None):
+        return RECIPE
+
+    def training_step(self, images, labels):
+        return {"loss_ce": F.cross_entropy(self.head(self.normalize(images)), labels)}
+
+    def predict(self, images):
+        return self.head(self.normalize(images))
+
+
+class Data:
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(6, 3, 8, 8, generator=g) * 255
+        self.labels = torch.randint(0, 19, (6, 8, 8), generator=g)
+
+    def __len__(self):
+        return 6
+
+    def __getitem__(self, key):
+        i = key[0] if isinstance(key, tuple) else key
+        return {"image": self.images[i], "label": self.labels[i], "name": str(i)}
+
+
+def _logged_lr(out_dir, recipe):
+    torch.manual_seed(0)
+    Trainer(OneConv(OneConv.default_config()), recipe, Data(), out_dir=out_dir, seed=0, device=torch.device("cpu"),
+            spec_hash="lr", progress=False, log=lambda *_: None).run(resume=False)
+    lines = (out_dir / "train_log.jsonl").read_text().splitlines()
+    return {e["iteration"]: e["lr"] for e in map(json.loads, lines)}
+
+
+def test_logged_lr_follows_the_written_out_formula(tmp_path):
+    logged = _logged_lr(tmp_path, RECIPE)
+    assert sorted(logged) == list(range(1, 9))  # entry "iteration" n = after n steps; it used step n-1's LR
+    expected = {1: 0.1 * 0.1,  # step 0: warm-up starts at base * warmup_ratio (poly factor 1 at t=0)
+                2: (1 - (1 - 1 / 3) * 0.9) * ((0.1 - 0.01) * (1 - 1 / 8) ** 0.9 + 0.01),  # step 1
+                4: (0.1 - 0.01) * (1 - 3 / 8) ** 0.9 + 0.01,  # step 3 = warm-up end: plain poly
+                8: (0.1 - 0.01) * (1 - 7 / 8) ** 0.9 + 0.01}  # last step
+    for it, lr in expected.items():
+        assert logged[it] == pytest.approx(lr, rel=1e-12), it
+    for it, lr in logged.items():
+        assert lr == pytest.approx(poly_with_warmup(it - 1, base=0.1, total=8, power=0.9, min_lr=0.01, warmup=3,
+                                                    ratio=0.1), rel=1e-12), it
+
+
+def test_constant_phase_then_poly_as_logged(tmp_path):
+    recipe = TrainRecipe(iterations=6, batch_size=2, lr=0.2, schedule="poly", power=1.0, constant_iters=2,
+                         checkpoint_interval=100, log_interval=1)
+    logged = _logged_lr(tmp_path, recipe)
+    assert [round(logged[i], 12) for i in range(1, 7)] == [0.2, 0.2, 0.2, 0.15, 0.1, 0.05]
+
+
+@pytest.mark.parametrize("step", [0, 1, 2, 3, 5, 7])
+def test_lr_factor_matches_formula_per_group(step):
+    for base in (0.1, 0.01, 0.001):  # 0.001 < min_lr: that group stays at its base LR (mmcv per-group min)
+        assert lr_factor(RECIPE, step, base) == pytest.approx(
+            poly_with_warmup(step, base=base, total=8, power=0.9, min_lr=0.01, warmup=3, ratio=0.1), rel=1e-12)
