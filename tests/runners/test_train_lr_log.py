@@ -97,3 +97,16 @@ def test_lr_factor_matches_formula_per_group(step):
     for base in (0.1, 0.01, 0.001):  # 0.001 < min_lr: that group stays at its base LR (mmcv per-group min)
         assert lr_factor(RECIPE, step, base) == pytest.approx(
             poly_with_warmup(step, base=base, total=8, power=0.9, min_lr=0.01, warmup=3, ratio=0.1), rel=1e-12)
+
+
+def test_data_order_and_augmentation_seeds_are_pinned():
+    """Sample g of epoch e is element g % N of numpy's permutation seeded [seed, e]; its augmentation seed is
+    SeedSequence([seed, g]): values pinned, so a change of generator (or Python's hash()) is caught."""
+    from datasets.sampling import sample_seed
+    from runners.train import DeterministicSampler
+
+    first = list(DeterministicSampler(10, 4, 3, seed=3))
+    assert first[:5] == [(9, 1576890651), (6, 457190280), (0, 960329833), (2, 4253259675), (1, 2746448868)]
+    assert [i for i, _ in first[:10]] == [9, 6, 0, 2, 1, 4, 7, 5, 3, 8]  # epoch 0 = permutation([3, 0])
+    assert [s for _, s in first] == [sample_seed(3, g) for g in range(12)]
+    assert sample_seed(3, 5) == 3746004709 and sample_seed(0, 0) == 2968811710
