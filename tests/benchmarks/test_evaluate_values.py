@@ -153,7 +153,8 @@ def test_evaluate_split_equals_the_written_out_pipeline(tmp_path):
     np.testing.assert_array_equal(stored, np.stack(cms))
     total = sum(cms)
     np.testing.assert_array_equal(res.confusion, total)
-    assert res.key == "bdd100k" and res.num_images == 3 and res.per_image_path == str(tmp_path / "confusion_bdd100k.npz")
+    assert res.key == "bdd100k" and res.num_images == 3
+    assert res.per_image_path == str(tmp_path / "confusion_bdd100k.npz")
     assert res.score.miou == pytest.approx(reference_miou(total), rel=1e-12)
     assert res.score.acc == pytest.approx(100.0 * np.trace(total) / total.sum(), rel=1e-12)
     assert res.score.num_images == 3 and res.seconds > 0
