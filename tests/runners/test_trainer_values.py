@@ -1,6 +1,7 @@
-"""The learning rate the Trainer actually uses, read from train_log.jsonl, against the mmcv formula written
-out here (poly decay with per-group min_lr, linear warm-up, constant phase): iterations 0, 1, the warm-up
-end and the last one. A run-against-run comparison would pass an off-by-one in both runs."""
+"""The Trainer by value: the learning rate it actually uses, read from train_log.jsonl, against the mmcv formula
+written out here (poly decay with per-group min_lr, linear warm-up, constant phase) at iterations 0, 1, the
+warm-up end and the last one (a run-against-run comparison would pass an off-by-one in both runs); exact resume
+of a killed run; pinned data order and augmentation seeds."""
 
 import json
 
@@ -110,3 +111,45 @@ def test_data_order_and_augmentation_seeds_are_pinned():
     assert [i for i, _ in first[:10]] == [9, 6, 0, 2, 1, 4, 7, 5, 3, 8]  # epoch 0 = permutation([3, 0])
     assert [s for _, s in first] == [sample_seed(3, g) for g in range(12)]
     assert sample_seed(3, 5) == 3746004709 and sample_seed(0, 0) == 2968811710
+
+
+def _trainer(out_dir, recipe=RECIPE, spec_hash="lr", stop_after=None):
+    torch.manual_seed(0)
+    return Trainer(OneConv(OneConv.default_config()), recipe, Data(), out_dir=out_dir, seed=0,
+                   device=torch.device("cpu"), spec_hash=spec_hash, progress=False, log=lambda *_: None,
+                   stop_after=stop_after)
+
+
+def test_killed_run_resumes_exactly(tmp_path):
+    recipe = RECIPE.replace(checkpoint_interval=2)
+    straight = _trainer(tmp_path / "a", recipe)
+    straight.run(resume=False)
+    killed = _trainer(tmp_path / "b", recipe, stop_after=5)
+    result = killed.run(resume=False)
+    assert result.iterations == 5 and result.resumed_from is None
+    log = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    assert [json.loads(x)["iteration"] for x in log] == [1, 2, 3, 4, 5]
+    assert torch.load(tmp_path / "b" / "checkpoints" / "last.pt", weights_only=False)["iteration"] == 4
+    resumed = _trainer(tmp_path / "b", recipe)
+    result = resumed.run(resume=True)
+    assert result.resumed_from == 4 and result.iterations == 8  # from the checkpoint at 4, not from 0 or 5
+    a = (tmp_path / "a" / "train_log.jsonl").read_text().splitlines()
+    b = (tmp_path / "b" / "train_log.jsonl").read_text().splitlines()
+    strip = [{k: v for k, v in json.loads(x).items() if k != "time"} for x in a]
+    assert [{k: v for k, v in json.loads(x).items() if k != "time"} for x in b] == strip  # log entry 5 not doubled
+    for k, v in straight.method.state_dict().items():
+        assert torch.equal(v, resumed.method.state_dict()[k]), k
+    again = _trainer(tmp_path / "b", recipe).run(resume=True)  # finished: nothing to do
+    assert again.iterations == 8 and again.resumed_from == 8
+
+
+def test_resume_refuses_a_checkpoint_of_another_spec(tmp_path):
+    _trainer(tmp_path, RECIPE.replace(checkpoint_interval=2), stop_after=2).run(resume=False)
+    with pytest.raises(RuntimeError, match="belongs to a different run spec .*use another --out"):
+        _trainer(tmp_path, spec_hash="other").run(resume=True)
+
+
+def test_fresh_start_replaces_an_old_log(tmp_path):
+    (tmp_path / "train_log.jsonl").write_text('{"iteration": 99}\n')
+    _trainer(tmp_path, RECIPE.replace(iterations=2)).run(resume=False)
+    assert [json.loads(x)["iteration"] for x in (tmp_path / "train_log.jsonl").read_text().splitlines()] == [1, 2]
