@@ -106,6 +106,8 @@ def test_two_gloo_processes_train_like_one(tmp_path):
     for what, ddp in runs.items():
         log_2 = _log(ddp)
         assert [e["iteration"] for e in log_1] == [e["iteration"] for e in log_2] == [1, 2, 3, 4, 5], what
+        for e in log_2:  # the rate applied at step iteration-1, written out: 0.05 * (1 - step / 5) ** 0.9
+            assert e["lr"] == pytest.approx(0.05 * (1 - (e["iteration"] - 1) / 5) ** 0.9, rel=1e-12), (what, e)
         for a, b in zip(log_1, log_2):
             for k in ("loss", "loss_ce", "loss_reg", "lr"):
                 assert a[k] == pytest.approx(b[k], rel=1e-5, abs=1e-7), (what, a["iteration"], k)
