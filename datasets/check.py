@@ -33,7 +33,8 @@ from .acdc import ACDC_CONDITIONS
 from .base import DatasetLayoutError, MissingLabelsError, SamplePair, png_header
 from .loaders import DATASET_DIRS, DATASET_NAMES, list_pairs
 
-__all__ = ["Problem", "SplitReport", "DatasetReport", "check_dataset", "check_data_root", "main"]
+__all__ = ["Problem", "SplitReport", "DatasetReport", "check_dataset", "check_split_sample", "check_data_root",
+           "main"]
 
 MAX_EXAMPLES = 5
 
@@ -297,6 +298,37 @@ def check_dataset(dataset: str, data_root: str | Path, *, sample: int = 100) -> 
         if check_contents:
             _check_files(dataset, pairs, sample, rep)
     return report
+
+
+def check_split_sample(dataset: str, split: str, data_root: str | Path, *, sample: int = 8,
+                       labels: bool = True) -> SplitReport:
+    """Quick check of one split (a run's preflight): enumerate its pairs, then check the encoding, the
+    image/label sizes and the ids of ``sample`` evenly spread pairs only. ``labels=False`` (unlabelled
+    export splits) checks that the images are there."""
+    rep = SplitReport(split)
+    num_unlabelled = 0
+    try:
+        pairs = list_pairs(dataset, split, data_root)
+    except MissingLabelsError as exc:
+        pairs, num_unlabelled = exc.pairs, len(exc.missing)
+        if labels:
+            rep.problems.append(Problem(
+                "missing_labels", "images without a label file (partial download?)", len(exc.missing),
+                [f"{img} -> {lab}" for img, lab in exc.missing[:MAX_EXAMPLES]],
+                str(exc).rsplit("fix: ", 1)[-1].strip()))
+    except DatasetLayoutError as exc:
+        text = str(exc)
+        rep.problems.append(Problem("layout", text.split("\n", 1)[0], 1, [],
+                                    text.rsplit("fix: ", 1)[-1].strip() if "fix: " in text else ""))
+        return rep
+    rep.num_pairs = len(pairs) + (0 if labels else num_unlabelled)
+    if not rep.num_pairs:
+        rep.problems.append(Problem("layout", f"split {dataset}/{split} has no images", 1, [str(data_root)],
+                                    "check the layout with python -m datasets.check"))
+    elif labels:
+        chosen = [pairs[i] for i in _sample_indices(len(pairs), sample)]
+        _check_files(dataset, chosen, -1, rep)
+    return rep
 
 
 def check_data_root(data_root: str | Path, *, datasets: Sequence[str] | None = None,
