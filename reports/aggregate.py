@@ -559,20 +559,22 @@ def record_benchmark(record: dict[str, Any]) -> str:
 
 def merge_into_csv(csv_path: Path | str, records: Sequence[dict[str, Any]],
                    options: AggregateOptions = AggregateOptions(), *,
-                   benchmark: str = "real") -> list[dict[str, str]]:
+                   benchmark: str | None = None) -> list[dict[str, str]]:
     """All rows of the leaderboard after merging ``records`` into the CSV at ``csv_path`` (not written).
 
-    A CSV holds one ``benchmark``: records and existing rows of the other one are left out (a warning names
-    them); only the ``real`` one carries the published rows."""
+    With ``benchmark`` ("real" or "miniature", as the command line does) the CSV holds that benchmark only:
+    records and existing rows of the other one are left out (a warning counts the rows), and only the real
+    one carries the published rows."""
     csv_path = Path(csv_path)
     csv_dir = csv_path.parent if str(csv_path.parent) else Path(".")
     existing = read_leaderboard(csv_path)
-    dropped = [r for r in existing if r.get("kind") == "reproduced" and r.get("benchmark", "real") != benchmark]
-    if dropped:
-        print(f"warning: {csv_path}: dropping {len(dropped)} row(s) that are not {benchmark}-benchmark results",
-              file=sys.stderr)
-        existing = [r for r in existing if r not in dropped]
-    records = [r for r in records if record_benchmark(r) == benchmark]
+    if benchmark is not None:
+        dropped = [r for r in existing if r.get("kind") == "reproduced" and r.get("benchmark") != benchmark]
+        if dropped:
+            print(f"warning: {csv_path}: dropping {len(dropped)} row(s) that are not {benchmark}-benchmark "
+                  "results", file=sys.stderr)
+            existing = [r for r in existing if r not in dropped]
+        records = [r for r in records if record_benchmark(r) == benchmark]
     previous = {_row_key(r): r for r in existing if r.get("kind") == "reproduced"}
     ledgers = _ledgers_from_rows(existing)
     for record in sorted(records, key=lambda r: (r.get("run_id", ""), r.get("_path", ""))):
@@ -588,7 +590,7 @@ def merge_into_csv(csv_path: Path | str, records: Sequence[dict[str, Any]],
             ledger["entries"][entry["run_id"]] = entry
     reproduced = aggregate_rows(ledgers, previous, csv_dir, options)
     out = []
-    for r in reported_rows() if benchmark == "real" else ():
+    for r in reported_rows() if benchmark in (None, "real") else ():
         out.append({c: r.get(c, "") for c in COLUMNS})
     return out + reproduced
 
@@ -617,7 +619,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         records.extend(load_records(root))
     options = AggregateOptions(args.resamples, args.level)
     mini_csv = Path(args.miniature_csv) if args.miniature_csv else Path(args.csv).with_name(MINIATURE_CSV)
-    outputs = [(Path(args.csv), merge_into_csv(args.csv, records, options))]
+    outputs = [(Path(args.csv), merge_into_csv(args.csv, records, options, benchmark="real"))]
     if any(record_benchmark(r) == "miniature" for r in records) or mini_csv.is_file():
         outputs.append((mini_csv, merge_into_csv(mini_csv, records, options, benchmark="miniature")))
     if args.check:
