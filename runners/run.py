@@ -494,28 +494,21 @@ def on_main_rank(fn):
     return result
 
 
-def run_main(args: argparse.Namespace) -> int:
-    """Checks (arguments, run folder, preflight) before anything is built, then the run under a lock."""
-    check_arguments(args)
+def guarded_execute(run: ResolvedRun, args: argparse.Namespace) -> dict[str, Any] | None:
+    """:func:`execute` behind the run-folder check, the preflight and the folder's lock, stoppable by
+    SIGINT/SIGTERM (``runners.interrupt``). None when the run is already finished (nothing to do)."""
     from benchmarks.evaluate import EvaluationError
     from runners import distributed
     from runners.train import TrainingStopped
 
-    distributed.init_from_environment()  # torchrun / multi-task submitit job: one process per GPU
-    with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
-        run = resolve(args)
-    if args.dry_run:
-        print(json.dumps(dry_run(run), indent=2, default=str))
-        return 0
-    proceed = on_main_rank(lambda: check_run_folder(run.out, resume=args.resume, force=args.force))
-    if not proceed:
-        return 0
+    if not on_main_rank(lambda: check_run_folder(run.out, resume=args.resume, force=args.force)):
+        return None
     on_main_rank(lambda: preflight(run, args, world_size=distributed.info().world_size))
     lock = on_main_rank(lambda: open_run_folder(run.out, force=args.force))
     stop = StopRequest()
     with (lock if distributed.is_main() else contextlib.nullcontext()), stop.installed():
         try:
-            record = execute(run, args, stop=stop)
+            return execute(run, args, stop=stop)
         except TrainingStopped as exc:
             raise RunInterrupted(f"{signal_name(stop.signum)} at iteration {exc.iteration}; checkpoint saved",
                                  exc.checkpoint, "the same command with --resume", stop.signum) from None
@@ -527,8 +520,22 @@ def run_main(args: argparse.Namespace) -> int:
             if exc.__cause__ is not None and is_disk_full(exc.__cause__, run.out):
                 raise disk_full_error(run.out / "eval", exc.__cause__) from exc
             raise
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Checks (arguments, run folder, preflight) before anything is built, then the run under a lock."""
+    check_arguments(args)
+    from runners import distributed
+
+    distributed.init_from_environment()  # torchrun / multi-task submitit job: one process per GPU
+    with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
+        run = resolve(args)
+    if args.dry_run:
+        print(json.dumps(dry_run(run), indent=2, default=str))
+        return 0
+    record = guarded_execute(run, args)
     distributed.cleanup()
-    if not record:  # DDP rank > 0: rank 0 reports
+    if not record:  # finished already, or DDP rank > 0 (rank 0 reports)
         return 0
     print(summary_table(record))
     print(f"result record: {run.out / RECORD_FILE}")
