@@ -31,7 +31,7 @@ from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get
 from methods.registry import get_method_class, method_module_names
 from runners.interrupt import StopRequest
 from runners.outdir import check_run_folder, open_run_folder
-from runners.preflight import RunInterrupted, UserError, is_disk_full, disk_full_error, preflight, report_error
+from runners.preflight import RunInterrupted, UserError, disk_full_error, is_disk_full, preflight, report_error
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 
 if TYPE_CHECKING:

@@ -8,7 +8,6 @@ still has the pinned hash. Running the main job itself (about 70 s on 2 idle cor
 
 import json
 import os
-import re
 import shlex
 from pathlib import Path
 
