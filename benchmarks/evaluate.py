@@ -368,7 +368,8 @@ def evaluate_split(
             n_saved = len(set(results) | set(done))
             raise EvaluationError(
                 f"evaluation of split {key!r} failed on {_describe(index, name)}: {type(exc).__name__}: {exc}. "
-                f"{n_saved} finished image(s) are saved in {partial}; rerun with resume=True to continue."
+                f"{n_saved} finished image(s) are saved in {partial}; to continue: the same command with --resume "
+                f"(evaluate_split(..., resume=True))."
             ) from exc
         raise
     bar.close()

@@ -416,6 +416,12 @@ class MethodSpec:
         with torch.device(device):
             method = self.method_class(config)
         method.to(device)
+        if getattr(method, "style_bank", False) is None and getattr(config, "style_mixing", False):
+            # FAMix mixes styles from a bank mined from the training set before training; for timing, a
+            # synthetic bank of the same shape (same sampling and mixing cost) stands in for it
+            from methods.famix import StyleBank
+
+            method.set_style_bank(StyleBank.synthetic(config.resnet.channels[0], seed=seed))
         gc_on = self.grad_checkpointing if grad_checkpointing is None else grad_checkpointing
         n = set_grad_checkpointing(method, gc_on)
         if gc_on and n == 0:

@@ -33,7 +33,8 @@ from .acdc import ACDC_CONDITIONS
 from .base import DatasetLayoutError, MissingLabelsError, SamplePair, png_header
 from .loaders import DATASET_DIRS, DATASET_NAMES, list_pairs
 
-__all__ = ["Problem", "SplitReport", "DatasetReport", "check_dataset", "check_data_root", "main"]
+__all__ = ["Problem", "SplitReport", "DatasetReport", "check_dataset", "check_split_sample", "check_data_root",
+           "main"]
 
 MAX_EXAMPLES = 5
 
@@ -265,6 +266,27 @@ def _check_files(dataset: str, pairs: list[SamplePair], sample: int, rep: SplitR
                                     "re-download / re-extract these files"))
 
 
+def _enumerate(dataset: str, split: str, data_root: str | Path, rep: SplitReport, *,
+               labels: bool = True) -> list[SamplePair] | None:
+    """The split's pairs; images without labels (when ``labels``) and layout problems go into ``rep``.
+    None when the split cannot be enumerated at all."""
+    try:
+        return list_pairs(dataset, split, data_root)
+    except MissingLabelsError as exc:
+        if not labels:  # an unlabelled split: every image counts
+            return exc.pairs + [SamplePair(Path(img), None, Path(img).name) for img, _ in exc.missing]
+        rep.problems.append(Problem(
+            "missing_labels", "images without a label file (partial download?)", len(exc.missing),
+            [f"{img} -> {lab}" for img, lab in exc.missing[:MAX_EXAMPLES]],
+            str(exc).rsplit("fix: ", 1)[-1].strip()))
+        return exc.pairs
+    except DatasetLayoutError as exc:
+        text = str(exc)
+        fix = text.rsplit("fix: ", 1)[-1].strip() if "fix: " in text else ""
+        rep.problems.append(Problem("layout", text.split("\n", 1)[0], 1, [], fix))
+        return None
+
+
 def check_dataset(dataset: str, data_root: str | Path, *, sample: int = 100) -> DatasetReport | None:
     """Check one dataset under ``data_root``; None when its folder is absent."""
     data_root = Path(data_root)
@@ -280,23 +302,32 @@ def check_dataset(dataset: str, data_root: str | Path, *, sample: int = 100) -> 
     for split, check_contents in splits:
         rep = SplitReport(split)
         report.splits.append(rep)
-        try:
-            pairs = list_pairs(dataset, split, data_root)
-        except MissingLabelsError as exc:
-            pairs = exc.pairs
-            rep.problems.append(Problem(
-                "missing_labels", "images without a label file (partial download?)", len(exc.missing),
-                [f"{img} -> {lab}" for img, lab in exc.missing[:MAX_EXAMPLES]],
-                str(exc).rsplit("fix: ", 1)[-1].strip()))
-        except DatasetLayoutError as exc:
-            text = str(exc)
-            fix = text.rsplit("fix: ", 1)[-1].strip() if "fix: " in text else ""
-            rep.problems.append(Problem("layout", text.split("\n", 1)[0], 1, [], fix))
+        pairs = _enumerate(dataset, split, data_root, rep)
+        if pairs is None:
             continue
         rep.num_pairs = len(pairs)
         if check_contents:
             _check_files(dataset, pairs, sample, rep)
     return report
+
+
+def check_split_sample(dataset: str, split: str, data_root: str | Path, *, sample: int = 8,
+                       labels: bool = True) -> SplitReport:
+    """Quick check of one split (a run's preflight): enumerate its pairs, then check the encoding, the
+    image/label sizes and the ids of ``sample`` evenly spread pairs only. ``labels=False`` (unlabelled
+    export splits) checks that the images are there."""
+    rep = SplitReport(split)
+    pairs = _enumerate(dataset, split, data_root, rep, labels=labels)
+    if pairs is None:
+        return rep
+    rep.num_pairs = len(pairs)
+    if not rep.num_pairs:
+        rep.problems.append(Problem("layout", f"split {dataset}/{split} has no images", 1, [str(data_root)],
+                                    "check the layout with python -m datasets.check"))
+    elif labels:
+        chosen = [pairs[i] for i in _sample_indices(len(pairs), sample)]
+        _check_files(dataset, chosen, -1, rep)
+    return rep
 
 
 def check_data_root(data_root: str | Path, *, datasets: Sequence[str] | None = None,

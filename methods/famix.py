@@ -301,6 +301,16 @@ class StyleBank:
     def __len__(self) -> int:
         return int(self.classes.numel())
 
+    @classmethod
+    def synthetic(cls, channels: int, *, per_class: int = 4, seed: int = 0) -> "StyleBank":
+        """Random styles (mu ~ N(0, 1), sigma ~ U(0.5, 1.5)), ``per_class`` for each train id and 255: same
+        shapes and sampling cost as a mined bank, for timing (``benchmarks.speed``), never for training."""
+        g = torch.Generator().manual_seed(seed)
+        classes = torch.tensor([c for c in (*range(19), 255) for _ in range(per_class)], dtype=torch.long)
+        mu = torch.randn(len(classes), channels, generator=g)
+        sigma = 0.5 + torch.rand(len(classes), channels, generator=g)
+        return cls(mu, sigma, classes, {"synthetic": True})
+
     @property
     def channels(self) -> int:
         return int(self.mu.shape[1])

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from methods.base import Method, MethodConfig
+if TYPE_CHECKING:  # methods.base imports torch; the registry's names are listed without it (fast --help)
+    from methods.base import Method, MethodConfig
 
 _SHARED_MODULES = frozenset({"base", "registry", "weights", "vit_m2f"})
 """Modules of the ``methods`` package that hold shared pieces, not methods."""
@@ -29,12 +30,9 @@ class _Registry:
     def _import_all(self) -> None:
         if not self._imported:
             self._imported = True
-            import methods
-
             # one file per method (timm-style): importing it registers the class
-            for info in pkgutil.iter_modules(methods.__path__):
-                if not info.ispkg and not info.name.startswith("_") and info.name not in _SHARED_MODULES:
-                    importlib.import_module(f"methods.{info.name}")
+            for name in method_module_names():
+                importlib.import_module(f"methods.{name}")
 
     def get(self, name: str) -> type[Method]:
         self._import_all()
@@ -46,6 +44,15 @@ class _Registry:
     def names(self) -> list[str]:
         self._import_all()
         return sorted(self._classes)
+
+
+def method_module_names() -> list[str]:
+    """The method files of the ``methods`` package, without importing them (nor torch). Each file is named
+    after the method it registers (a test checks this), so this is also the list of method names."""
+    import methods
+
+    return sorted(info.name for info in pkgutil.iter_modules(methods.__path__)
+                  if not info.ispkg and not info.name.startswith("_") and info.name not in _SHARED_MODULES)
 
 
 REGISTRY = _Registry()

@@ -84,6 +84,9 @@ COLUMNS: tuple[str, ...] = (
 )
 """Column order of leaderboard.csv (the last three hold JSON; ``per_class_iou`` in Cityscapes class order)."""
 
+MINIATURE_CSV = "leaderboard_miniature.csv"
+"""Default file of miniature-benchmark rows (next to ``--csv``; git-ignored), kept out of leaderboard.csv."""
+
 RECIPE_BOOKKEEPING = ("checkpoint_interval", "log_interval", "source")
 _CLASS_ORDER = {c: i for i, c in enumerate(CITYSCAPES_CLASSES)}
 GROUP_FIELDS = ("benchmark", "method_id", "backbone_id", "protocol", "variant", "profile", "protocol_hash",
@@ -172,7 +175,7 @@ def record_entries(record: dict[str, Any], csv_dir: Path) -> list[tuple[dict[str
     if not settings:
         raise ValueError(f"{record.get('_path')}: record has no spec.protocol (written by an older runner?)")
     res = record["results"]
-    benchmark = record.get("benchmark") or ("miniature" if record.get("miniature") else "real")
+    benchmark = record_benchmark(record)
     folder = Path(record["_path"]).parent if record.get("_path") else None
     source_key = settings["source"]["key"]
     base = {
@@ -551,12 +554,29 @@ def _ledgers_from_rows(rows: Iterable[dict[str, str]]) -> dict[tuple, dict[str, 
     return ledgers
 
 
+def record_benchmark(record: dict[str, Any]) -> str:
+    """``real`` or ``miniature`` (the built-in benchmark; its rows never share a file with real-data rows)."""
+    return record.get("benchmark") or ("miniature" if record.get("miniature") else "real")
+
+
 def merge_into_csv(csv_path: Path | str, records: Sequence[dict[str, Any]],
-                   options: AggregateOptions = AggregateOptions()) -> list[dict[str, str]]:
-    """All rows of the leaderboard after merging ``records`` into the CSV at ``csv_path`` (not written)."""
+                   options: AggregateOptions = AggregateOptions(), *,
+                   benchmark: str | None = None) -> list[dict[str, str]]:
+    """All rows of the leaderboard after merging ``records`` into the CSV at ``csv_path`` (not written).
+
+    With ``benchmark`` ("real" or "miniature", as the command line does) the CSV holds that benchmark only:
+    records and existing rows of the other one are left out (a warning counts the rows), and only the real
+    one carries the published rows."""
     csv_path = Path(csv_path)
     csv_dir = csv_path.parent if str(csv_path.parent) else Path(".")
     existing = read_leaderboard(csv_path)
+    if benchmark is not None:
+        dropped = [r for r in existing if r.get("kind") == "reproduced" and r.get("benchmark") != benchmark]
+        if dropped:
+            print(f"warning: {csv_path}: dropping {len(dropped)} row(s) that are not {benchmark}-benchmark "
+                  "results", file=sys.stderr)
+            existing = [r for r in existing if r not in dropped]
+        records = [r for r in records if record_benchmark(r) == benchmark]
     previous = {_row_key(r): r for r in existing if r.get("kind") == "reproduced"}
     ledgers = _ledgers_from_rows(existing)
     for record in sorted(records, key=lambda r: (r.get("run_id", ""), r.get("_path", ""))):
@@ -572,7 +592,7 @@ def merge_into_csv(csv_path: Path | str, records: Sequence[dict[str, Any]],
             ledger["entries"][entry["run_id"]] = entry
     reproduced = aggregate_rows(ledgers, previous, csv_dir, options)
     out = []
-    for r in reported_rows():
+    for r in reported_rows() if benchmark in (None, "real") else ():
         out.append({c: r.get(c, "") for c in COLUMNS})
     return out + reproduced
 
@@ -584,6 +604,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="folders searched recursively for result.json (none: only refresh the published rows "
                              "and recompute the existing rows from their ledgers)")
     parser.add_argument("--csv", default="leaderboard.csv", help="leaderboard CSV to merge into (default: %(default)s)")
+    parser.add_argument("--miniature-csv", default=None,
+                        help="where records of the built-in miniature benchmark go (default: "
+                             "leaderboard_miniature.csv next to --csv, git-ignored); they never enter --csv")
     parser.add_argument("--resamples", type=int, default=bs.DEFAULT_RESAMPLES,
                         help="bootstrap resamples for the CIs (0 = no CI; default %(default)s)")
     parser.add_argument("--level", type=float, default=bs.DEFAULT_LEVEL, help="CI level (default %(default)s)")
@@ -596,15 +619,22 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"error: {root} is not a folder of runs (pass the --out folder(s) of runners.run)", file=sys.stderr)
             return 2
         records.extend(load_records(root))
-    rows = merge_into_csv(args.csv, records, AggregateOptions(args.resamples, args.level))
-    n_rep = sum(r["kind"] == "reproduced" for r in rows)
+    options = AggregateOptions(args.resamples, args.level)
+    mini_csv = Path(args.miniature_csv) if args.miniature_csv else Path(args.csv).with_name(MINIATURE_CSV)
+    outputs = [(Path(args.csv), merge_into_csv(args.csv, records, options, benchmark="real"))]
+    if any(record_benchmark(r) == "miniature" for r in records) or mini_csv.is_file():
+        outputs.append((mini_csv, merge_into_csv(mini_csv, records, options, benchmark="miniature")))
     if args.check:
-        same = Path(args.csv).is_file() and Path(args.csv).read_text(encoding="utf-8") == render_csv(rows)
-        print(f"{args.csv}: {'up to date' if same else 'would change'} ({len(rows)} rows)")
-        return 0 if same else 1
-    changed = write_leaderboard(args.csv, rows)
-    print(f"{args.csv}: {len(rows) - n_rep} published rows, {n_rep} reproduced rows from {len(records)} record(s) "
-          f"{'(updated)' if changed else '(unchanged)'}")
+        stale = [p for p, rows in outputs if not (p.is_file() and p.read_text(encoding="utf-8") == render_csv(rows))]
+        for path, rows in outputs:
+            print(f"{path}: {'would change' if path in stale else 'up to date'} ({len(rows)} rows)")
+        return 1 if stale else 0
+    for path, rows in outputs:
+        n_rep = sum(r["kind"] == "reproduced" for r in rows)
+        n_records = sum(record_benchmark(r) == ("real" if path == outputs[0][0] else "miniature") for r in records)
+        changed = write_leaderboard(path, rows)
+        print(f"{path}: {len(rows) - n_rep} published rows, {n_rep} reproduced rows from {n_records} record(s) "
+              f"{'(updated)' if changed else '(unchanged)'}")
     return 0
 
 

@@ -139,15 +139,35 @@ class _TrainingStep(nn.Module):
         return self.method.training_step(images, labels)
 
 
+def sync_trainable_batchnorm(module: nn.Module) -> int:
+    """Replace every *trained* BatchNorm layer of ``module`` by a SyncBatchNorm with the same state (in
+    place); frozen ones (eval mode, running statistics) stay as they are. Returns how many were replaced."""
+    replaced = 0
+    for parent in list(module.modules()):
+        for name, child in list(parent.named_children()):
+            if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(child, nn.SyncBatchNorm) \
+                    and child.weight is not None and child.weight.requires_grad:
+                sync = nn.SyncBatchNorm(child.num_features, child.eps, child.momentum, child.affine,
+                                        child.track_running_stats).to(child.weight.device)
+                sync.load_state_dict(child.state_dict())
+                sync.train(child.training)
+                setattr(parent, name, sync)
+                replaced += 1
+    return replaced
+
+
 def ddp_training_step(method: nn.Module, device: torch.device) -> Callable[[Tensor, Tensor], dict[str, Tensor]]:
     """``method.training_step`` wrapped in DistributedDataParallel (gradients averaged over ranks).
 
     Parameters that some step does not use (auxiliary heads, frozen-by-schedule parts) are allowed
-    unless ``$DGSS_DDP_FIND_UNUSED=0``.
+    unless ``$DGSS_DDP_FIND_UNUSED=0``. On CUDA, trained BatchNorm layers become SyncBatchNorm: their
+    statistics are over the global batch, as in a single-GPU run of the recipe (FAMix: batch 8 on one GPU,
+    so 8 GPUs at 1 image each normalise like the official run).
     """
     find_unused = os.environ.get(FIND_UNUSED_ENV, "1") != "0"
     device_ids = None
     if device.type == "cuda":
+        sync_trainable_batchnorm(method)
         device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
     return nn.parallel.DistributedDataParallel(_TrainingStep(method), device_ids=device_ids,
                                                find_unused_parameters=find_unused)

@@ -18,10 +18,12 @@ import types
 import typing
 from typing import Any, Iterable, Sequence
 
+from runners.preflight import UserError
+
 SECTIONS = ("model", "recipe")
 
 
-class UsageError(ValueError):
+class UsageError(UserError, ValueError):
     """A user's mistake on the command line: the runner prints the one-line message and exits with code 2."""
 
 

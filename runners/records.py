@@ -12,7 +12,9 @@ import sys
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
+
+from runners.preflight import disk_full_error, is_disk_full
 
 RECORD_SCHEMA = 1
 RECORD_FILE = "result.json"
@@ -40,12 +42,27 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """``write(tmp)`` to ``<path>.tmp<pid>``, then rename: ``path`` is the old or the new file, never a torn
+    one. A failed write leaves no temporary file; a full disk is a one-line
+    :class:`runners.preflight.DiskFullError`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    try:
+        write(tmp)
+    except BaseException as exc:
+        full = is_disk_full(exc, path.parent)  # measured while the partial file still takes its space
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise disk_full_error(path, exc) from exc
+        raise
     os.replace(tmp, path)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n"
+    atomic_write(Path(path), lambda tmp: tmp.write_text(text))
 
 
 def git_revision(repo: Path | None = None) -> dict[str, Any]:

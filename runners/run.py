@@ -5,11 +5,17 @@ and the method's CPU-sized configuration; with one, the paper recipe at real sca
 result record (``<out>/result.json``) with the full resolved spec and the fingerprints of the dataset splits
 it used (``datasets``: ``{"<dataset>/<split>": fingerprint}``, see ``datasets.fingerprint``). ``--export``
 also writes the predictions of the protocol's export splits (ACDC test) in the server's submission format.
+
+Before any model is built, ``runners.preflight`` checks weights, checkpoint, data and the output folder, and
+``runners.outdir`` guards the run folder (one live run, finished runs skipped, started runs resumed only with
+``--resume``). Mistakes are one line with exit code 2. Heavy modules (torch, the methods) are imported after
+the arguments are parsed, so ``--help`` and argument errors answer at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import functools
 import json
@@ -17,32 +23,24 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-import torch
-
-from benchmarks.evaluate import evaluate_split
-from benchmarks.export import check_submission, export_predictions, zip_submission
-from benchmarks.metrics import classes_subset_miou, mean_over_targets, rpd
-from benchmarks.numerics import PRECISIONS, Numerics, configure_numerics
+# light imports only (no torch): heavy ones are inside the functions that run after argument parsing
 from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get_protocol, list_protocols,
                                   list_variants, load_split)
-from datasets.base import ConcatSegmentationDataset
-from datasets.fingerprint import dataset_fingerprints
-from datasets.sampling import RareClassCropDataset, RareClassSampler, RareClassSampling, RareClassStats
-from datasets.labels import CITYSCAPES_CLASSES
-from datasets.miniature import ensure_miniature, is_miniature_root
-from datasets.transforms import TrainAugmentation, TrainTransform
-from methods.base import Method, TrainRecipe
-from methods.backbones.vit import set_grad_checkpointing
-from methods.registry import get_method_class, list_methods
-from methods.weights import default_hash_cache, weights_dir_from
+from methods.registry import get_method_class, method_module_names
+from runners.interrupt import StopRequest
+from runners.outdir import check_run_folder, open_run_folder
+from runners.preflight import RunInterrupted, UserError, disk_full_error, is_disk_full, preflight, report_error
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
-from runners import distributed
-from runners.options import UsageError, apply_overrides, parse_cfg_options
+from runners.options import apply_overrides, parse_cfg_options
 from runners.profiles import (DEFAULT_PROFILE, HARMONISED_RUN, NOTES, PROFILES, eval_variant_for,
                               format_profile_differences, method_recipe, profile_differences, settings_for)
-from runners.train import Trainer
+
+if TYPE_CHECKING:
+    import torch
+
+    from methods.base import Method, TrainRecipe
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
 PATH_KEYS = ("data_root", "weights_dir", "out", "datasets")  # machine/data-specific: not part of the spec hash
@@ -55,7 +53,7 @@ BOOKKEEPING_RECIPE_KEYS = ("checkpoint_interval", "log_interval", "source")  # d
 
 
 def build_parser() -> argparse.ArgumentParser:
-    methods, protocols = list_methods(), list_protocols()
+    methods, protocols = method_module_names(), list_protocols()
     parser = argparse.ArgumentParser(
         prog="python -m runners.run",
         description="Train and evaluate a DGSS method on a protocol.\n\n"
@@ -92,9 +90,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--allow-random-init", action="store_true",
                         help="on real data, run with randomly initialised backbones when weights are missing")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<run name>)")
-    parser.add_argument("--resume", action="store_true", help="resume from <out>/checkpoints/last.pt")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a started run in <out>: training from checkpoints/last.pt, evaluation "
+                             "from the per-image confusion files already written")
+    parser.add_argument("--force", action="store_true",
+                        help="run again in a folder with a finished or started run; its files are moved to "
+                             "<out>/superseded/<time>/, never deleted")
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="weights to evaluate with --eval-only")
+    parser.add_argument("--eval-untrained", action="store_true",
+                        help="with --eval-only and no --checkpoint: evaluate the untrained model on purpose")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
     parser.add_argument("--no-reference", action="store_true", help="skip the rPD reference split")
     parser.add_argument("--export", action="store_true",
                         help="also write the predictions of the protocol's export splits (e.g. ACDC test) in the "
@@ -113,7 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="sliding windows per forward pass in evaluation (default 8 on CUDA, 1 on CPU)")
     parser.add_argument("--dry-run", action="store_true",
                         help="build the model at real scale on the meta device, print the resolved spec and exit")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--no-progress", action="store_true",
+                        help="no progress bars, even on a terminal (bars are only drawn on a terminal; otherwise, "
+                             "e.g. in Slurm logs, a plain line every --log-interval iterations)")
     return parser
 
 
@@ -146,10 +154,14 @@ def hashed_spec(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
+    from datasets.miniature import ensure_miniature, is_miniature_root
+    from methods.weights import weights_dir_from
+
     cls = get_method_class(args.method)
     backbone = args.backbone or cls.backbones[0]
     if backbone not in cls.backbones:
-        raise SystemExit(f"error: {cls.name} supports backbones {', '.join(cls.backbones)}; got {backbone!r}")
+        raise UserError(f"{cls.name} has no backbone {backbone!r}", "--backbone",
+                        f"use one of {', '.join(cls.backbones)}")
     data_root_arg = args.data_root or os.environ.get(DATA_ROOT_ENV)
     if args.dry_run:
         miniature, data_root = False, Path(data_root_arg) if data_root_arg else Path("<data-root>")
@@ -157,7 +169,9 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
         data_root = Path(data_root_arg)
         miniature = is_miniature_root(data_root)
         if not data_root.is_dir():
-            raise SystemExit(f"error: data root {data_root} does not exist (from --data-root or ${DATA_ROOT_ENV})")
+            raise UserError("the data root does not exist", data_root,
+                            f"pass the folder of the datasets with --data-root (or ${DATA_ROOT_ENV}); without "
+                            "both, the built-in miniature benchmark runs")
     else:
         data_root = ensure_miniature()
         miniature = True
@@ -230,6 +244,8 @@ def recipe_dict(recipe: TrainRecipe) -> dict[str, Any]:
 
 def dry_run(run: ResolvedRun) -> dict[str, Any]:
     """Build at real scale on the meta device (no memory, no weights) and report parameter counts."""
+    import torch
+
     t0 = time.perf_counter()
     with torch.device("meta"):
         method = run.method_class(run.config)
@@ -249,12 +265,16 @@ def split_dataset(run: ResolvedRun, split_spec, transform):
 
 def training_dataset(run: ResolvedRun, transform):
     """The protocol's training split(s): one dataset, or GTA5 + SYNTHIA read as one."""
+    from datasets.base import ConcatSegmentationDataset
+
     parts = [split_dataset(run, s, transform) for s in run.protocol.sources]
     return parts[0] if len(parts) == 1 else ConcatSegmentationDataset(parts)
 
 
 def data_fingerprints(run: ResolvedRun, args: argparse.Namespace, log=None) -> dict[str, str]:
     """``{"<dataset>/<split>": fingerprint}`` of every split this run reads (datasets.fingerprint)."""
+    from datasets.fingerprint import dataset_fingerprints
+
     splits = [] if args.eval_only else list(run.protocol.sources)
     splits += list(run.protocol.targets) + ([] if args.no_reference else [run.protocol.reference])
     splits += list(run.protocol.exports) if args.export else []
@@ -263,6 +283,10 @@ def data_fingerprints(run: ResolvedRun, args: argparse.Namespace, log=None) -> d
 
 def rare_class_setup(run: ResolvedRun, train_set, log=print):
     """(dataset, sampler factory, record info) for the recipe's rare-class sampling, or the dataset unchanged."""
+    from datasets.labels import CITYSCAPES_CLASSES
+    from datasets.sampling import RareClassCropDataset, RareClassSampler, RareClassSampling, RareClassStats
+    from runners import distributed
+
     if not run.recipe.rare_class_sampling:
         return train_set, None, None
     config = RareClassSampling.from_dict(run.recipe.rare_class_sampling)
@@ -277,6 +301,9 @@ def rare_class_setup(run: ResolvedRun, train_set, log=print):
 def split_result(run: ResolvedRun, ev, split_spec: SplitSpec) -> dict[str, Any]:
     """Scores of one split; ``miou`` is over the split's reported classes (19, or 16/13 for the SYNTHIA
     conventions, then ``miou_19`` keeps the 19-class value)."""
+    from benchmarks.metrics import classes_subset_miou
+    from datasets.labels import CITYSCAPES_CLASSES
+
     out = {"miou": ev.score.miou, "acc": ev.score.acc, "num_images": ev.num_images,
            "per_class_iou": dict(zip(CITYSCAPES_CLASSES, ev.score.per_class_iou)),
            "confusion": os.path.relpath(ev.per_image_path, run.out), "seconds": ev.seconds,
@@ -290,6 +317,8 @@ def split_result(run: ResolvedRun, ev, split_spec: SplitSpec) -> dict[str, Any]:
 
 def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, log=print) -> dict[str, Any]:
     """Write the protocol's export splits (benchmarks.export) and zip each; returns the record entry."""
+    from benchmarks.export import check_submission, export_predictions, zip_submission
+
     out: dict[str, Any] = {}
     if not run.protocol.exports:
         log(f"--export: protocol {run.protocol.name} has no export splits; nothing written")
@@ -314,6 +343,8 @@ def default_workers(device: torch.device) -> int:
     leaving cores to the training process. Rein's GTA pipeline (PNG decode dominates) costs ~90 ms per sample
     on one core of a 2-core machine, so 90 img/s needs ~8 busy workers: check with
     ``python -m benchmarks.speed --method M --data``."""
+    from runners import distributed
+
     if device.type != "cuda":
         return 0
     per_process = (os.cpu_count() or 2) // max(1, distributed.info().world_size)
@@ -330,6 +361,8 @@ def selection_scorer(run: ResolvedRun, method: Method, device: torch.device, num
                      args: argparse.Namespace, log=print):
     """``score(iteration) -> mIoU`` on the protocol's source validation split (the rPD reference), for the
     recipe's checkpoint selection (``select_interval``); per-image results under ``<out>/selection``."""
+    from benchmarks.evaluate import evaluate_split
+
     split = run.protocol.reference
     dataset = split_dataset(run, split, build_test_transform(split))
 
@@ -347,7 +380,25 @@ def selection_scorer(run: ResolvedRun, method: Method, device: torch.device, num
     return score
 
 
-def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[str, Any]:
+def show_bars(args: argparse.Namespace) -> bool:
+    """Progress bars only on a terminal (Slurm logs get plain lines) and never with --no-progress."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
+            stop: StopRequest | None = None) -> dict[str, Any]:
+    """Build, load, train (stoppable at iteration boundaries through ``stop``), evaluate, write the record."""
+    import torch
+
+    from benchmarks.evaluate import evaluate_split
+    from benchmarks.numerics import configure_numerics
+    from benchmarks.metrics import mean_over_targets, rpd
+    from datasets.transforms import TrainAugmentation, TrainTransform
+    from methods.backbones.vit import set_grad_checkpointing
+    from methods.weights import default_hash_cache
+    from runners import distributed
+    from runners.train import Trainer, atomic_torch_save
+
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     t_start = time.perf_counter()
     numerics = configure_numerics(run.precision, device)
@@ -371,8 +422,16 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     if args.eval_only:
         if args.checkpoint:
             report = method.load_checkpoint(args.checkpoint)
+            if report.missing:  # strict: evaluating half-loaded weights would look like a normal result
+                raise UserError(f"checkpoint lacks {len(report.missing)} trainable key(s) of {method.name}",
+                                args.checkpoint, "pass a checkpoint of this method, backbone and source")
             log(f"loaded {args.checkpoint}: {report.summary()}")
             train_info = {"checkpoint": str(args.checkpoint), "key_report": report.summary()}
+        elif getattr(args, "eval_untrained", False):
+            log("!! evaluating the UNTRAINED model (--eval-untrained); the record says train.untrained: true")
+            train_info = {"untrained": True}
+        else:
+            raise UserError(*EVAL_ONLY_WITHOUT_CHECKPOINT)
     else:
         aug = TrainAugmentation(crop_size=run.recipe.crop_size, **run.recipe.augmentation)
         train_set = training_dataset(run, TrainTransform(aug))
@@ -387,10 +446,11 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         train_set, sampler_factory, rcs_info = rare_class_setup(run, train_set, log)
         validate = selection_scorer(run, method, device, numerics, args, log) if run.recipe.select_interval else None
         trainer = Trainer(method, run.recipe, train_set, out_dir=run.out, seed=run.seed, device=device,
-                          spec_hash=run.spec_hash, num_workers=workers, progress=not args.no_progress, log=log,
+                          spec_hash=run.spec_hash, num_workers=workers, progress=show_bars(args), log=log,
                           sampler_factory=sampler_factory, compile=getattr(args, "compile", False),
-                          numerics=numerics, validate=validate)
-        result = trainer.run(resume=args.resume)
+                          numerics=numerics, validate=validate, should_stop=stop)
+        with stop.training_phase() if stop else contextlib.nullcontext():
+            result = trainer.run(resume=args.resume)
         train_info = dataclasses.asdict(result)
         if rcs_info:
             train_info["rare_class_sampling"] = rcs_info
@@ -398,7 +458,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
             train_info["prepare"] = prepared
         if not distributed.is_main():  # DDP: rank 0 alone saves, evaluates and writes the record
             return {}
-        torch.save(method.checkpoint_state_dict(), run.out / "model_final.pt")
+        atomic_torch_save(method.checkpoint_state_dict(), run.out / "model_final.pt")
         if result.selection:  # FAMix's released selection: evaluate the best validated model
             report = method.load_checkpoint(run.out / result.selection["checkpoint"])
             log(f"checkpoint selection: evaluating the model of iteration {result.selection['best_iteration']} "
@@ -415,8 +475,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         dataset = split_dataset(run, split_spec, build_test_transform(split_spec))
         evaluations[split_spec.key] = evaluate_split(
             method.predict, dataset, run.protocol.inference, key=split_spec.key, device=device,
-            out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=not args.no_progress,
-            batch_windows=eval_batch_windows(args, device),
+            out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=show_bars(args),
+            batch_windows=eval_batch_windows(args, device), resume=args.resume,
             num_workers=args.workers if getattr(args, "workers", None) is not None else default_workers(device))
     eval_seconds = time.perf_counter() - t_eval
 
@@ -446,7 +506,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     }
     write_json_atomic(run.out / RECORD_FILE, record)
     if args.export:  # after the scores are safely written
-        record["exports"] = export_splits(run, method, device, amp_dtype, not args.no_progress, log)
+        record["exports"] = export_splits(run, method, device, amp_dtype, show_bars(args), log)
         write_json_atomic(run.out / RECORD_FILE, record)
     return record
 
@@ -470,28 +530,109 @@ def summary_table(record: dict[str, Any]) -> str:
     return head + "\n" + "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+EVAL_ONLY_WITHOUT_CHECKPOINT = (
+    "--eval-only without --checkpoint would evaluate a randomly initialised model", "--checkpoint",
+    "pass --checkpoint FILE (e.g. <run>/model_final.pt), or --eval-untrained to evaluate the untrained model on "
+    "purpose")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Argument combinations that cannot mean what the user wants (before anything is imported or built)."""
+    if args.eval_variant is not None and args.eval_variant not in list_variants(args.protocol):
+        raise UserError(f"protocol {args.protocol} has no variant {args.eval_variant!r}", "--eval-variant",
+                        f"use one of {', '.join(list_variants(args.protocol))}")
+    if args.eval_only and not args.checkpoint and not args.eval_untrained:
+        raise UserError(*EVAL_ONLY_WITHOUT_CHECKPOINT)
+    if args.checkpoint and not args.eval_only:
+        raise UserError("--checkpoint is only read by --eval-only", "--checkpoint",
+                        "add --eval-only (a training run continues from its own checkpoint with --resume)")
+    if args.eval_untrained and (not args.eval_only or args.checkpoint):
+        raise UserError("--eval-untrained goes with --eval-only and no --checkpoint", "--eval-untrained",
+                        "drop --eval-untrained, or use it with --eval-only alone")
+    if args.resume and args.force:
+        raise UserError("--resume continues the run in the folder, --force starts it over", "--resume --force",
+                        "pass one of them")
+
+
+def on_main_rank(fn):
+    """``fn()`` on DDP rank 0 only; its result, or its :class:`UserError`, reaches every rank."""
+    from runners import distributed
+
+    result, error = None, None
+    if distributed.is_main():
+        try:
+            result = fn()
+        except UserError as exc:
+            error = exc
+    result, error = distributed.all_gather_object((result, error))[0]
+    if error is not None:
+        raise error
+    return result
+
+
+def guarded_execute(run: ResolvedRun, args: argparse.Namespace) -> dict[str, Any] | None:
+    """:func:`execute` behind the run-folder check, the preflight and the folder's lock, stoppable by
+    SIGINT/SIGTERM (``runners.interrupt``). None when the run is already finished (nothing to do)."""
+    from benchmarks.evaluate import EvaluationError
+    from runners import distributed
+    from runners.train import TrainingStopped
+
+    if not on_main_rank(lambda: check_run_folder(run.out, resume=args.resume, force=args.force)):
+        return None
+    on_main_rank(lambda: preflight(run, args, world_size=distributed.info().world_size))
+    lock = on_main_rank(lambda: open_run_folder(run.out, force=args.force))
+    stop = StopRequest()
+    with (lock if distributed.is_main() else contextlib.nullcontext()), stop.installed():
+        try:
+            return execute(run, args, stop=stop)
+        except TrainingStopped as exc:
+            raise RunInterrupted(f"{signal_name(stop.signum)} at iteration {exc.iteration}; checkpoint saved",
+                                 exc.checkpoint, "the same command with --resume", stop.signum) from None
+        except KeyboardInterrupt:
+            raise RunInterrupted(f"{signal_name(stop.signum or 2)}; the checkpoint and the evaluation files "
+                                 "written so far are kept", run.out, "the same command with --resume",
+                                 stop.signum or 2) from None
+        except EvaluationError as exc:
+            if exc.__cause__ is not None and is_disk_full(exc.__cause__, run.out):
+                raise disk_full_error(run.out / "eval", exc.__cause__) from exc
+            raise
+
+
+def run_main(args: argparse.Namespace) -> int:
+    """Checks (arguments, run folder, preflight) before anything is built, then the run under a lock."""
+    check_arguments(args)
+    from runners import distributed
+
     distributed.init_from_environment()  # torchrun / multi-task submitit job: one process per GPU
-    try:
-        with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
-            run = resolve(args, log=functools.partial(print, file=sys.stderr) if args.dry_run else print)
-    except UsageError as exc:  # a user's mistake, found before any model is built
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
+        run = resolve(args, log=functools.partial(print, file=sys.stderr) if args.dry_run else print)
     if args.dry_run:
         info = dry_run(run)
         print(format_profile_differences(run.method_class.name, info["profile_differences"],
                                          info["profile_notes"]), file=sys.stderr)
         print(json.dumps(info, indent=2, default=str))
         return 0
-    record = execute(run, args)
+    record = guarded_execute(run, args)
     distributed.cleanup()
-    if not record:  # DDP rank > 0: rank 0 reports
+    if not record:  # finished already, or DDP rank > 0 (rank 0 reports)
         return 0
     print(summary_table(record))
     print(f"result record: {run.out / RECORD_FILE}")
     return 0
+
+
+def signal_name(signum: int) -> str:
+    import signal
+
+    return signal.Signals(signum).name
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run_main(args)
+    except UserError as exc:  # a mistake or a requested stop: one line, nothing computed is lost
+        return report_error(exc, debug=args.debug)
 
 
 if __name__ == "__main__":

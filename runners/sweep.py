@@ -221,13 +221,16 @@ class CellJob(Checkpointable):
         from runners import distributed, run as run_mod
 
         args = run_mod.build_parser().parse_args(argv + (["--resume"] if resume else []))
+        run_mod.check_arguments(args)
         with distributed.main_first():
             run = run_mod.resolve(args)
         if run.spec_hash != self.key:
             raise RuntimeError(
                 f"cell {self.key}: the run now resolves to spec hash {run.spec_hash} (the code or a recipe changed "
                 "since the sweep was planned); re-run the sweep command to plan the new cells")
-        record = run_mod.execute(run, args)
+        record = run_mod.guarded_execute(run, args)  # preflight, run-folder lock; a bad cell fails alone
+        if record is None:  # finished by an earlier attempt
+            record = json.loads((run.out / RECORD_FILE).read_text())
         if not info.is_main:
             return {"key": self.key, "rank": info.rank}
         return {"key": self.key, "record": str(run.out / RECORD_FILE),

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import random
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,6 +27,7 @@ from torch.utils.data import DataLoader, Sampler
 from benchmarks.numerics import Numerics, resolve_numerics
 from methods.base import Method, TrainRecipe
 from runners import distributed
+from runners.records import atomic_write
 
 
 # ---------------------------------------------------------------------------------------------- data order
@@ -112,10 +113,8 @@ def build_optimizer(method: Method, recipe: TrainRecipe) -> torch.optim.Optimize
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """``torch.save`` through :func:`runners.records.atomic_write` (atomic; no temporary file left behind)."""
+    atomic_write(path, lambda tmp: torch.save(obj, tmp))
 
 
 def rng_state() -> dict[str, Any]:
@@ -139,6 +138,25 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+class TrainingStopped(Exception):
+    """The run was asked to stop (SIGINT/SIGTERM, ``runners.interrupt``) and checkpointed at ``iteration``."""
+
+    def __init__(self, iteration: int, checkpoint: Path):
+        super().__init__(f"stopped at iteration {iteration}; checkpoint {checkpoint}")
+        self.iteration, self.checkpoint = iteration, checkpoint
+
+
+def progress_line(entry: dict[str, Any], total: int, start: int, seconds: float) -> str:
+    """A plain progress line (logs that are not a terminal): iteration, losses, lr, it/s and ETA."""
+    done = entry["iteration"] - start
+    rate = done / seconds if seconds > 0 else 0.0
+    eta = (total - entry["iteration"]) / rate if rate > 0 else math.nan
+    losses = " ".join(f"{k} {v:.4f}" for k, v in entry.items() if k == "loss" or k.startswith("loss_"))
+    eta_text = "?" if math.isnan(eta) else time.strftime("%H:%M:%S", time.gmtime(eta))
+    return (f"iter {entry['iteration']}/{total}  {losses}  lr {entry['lr']:.3g}  {rate:.2f} it/s  "
+            f"ETA {eta_text}")
+
+
 @dataclass
 class TrainResult:
     iterations: int
@@ -151,13 +169,20 @@ class TrainResult:
 
 
 class Trainer:
-    """Runs ``recipe.iterations`` steps of ``method.training_step`` on ``dataset``."""
+    """Runs ``recipe.iterations`` steps of ``method.training_step`` on ``dataset``.
+
+    ``progress``: a tqdm bar when stderr is a terminal; otherwise (or with ``progress=False``) a plain line
+    every ``log_interval`` iterations (no carriage-return updates in Slurm logs).
+    ``should_stop`` (e.g. a :class:`runners.interrupt.StopRequest`) is asked after every iteration; when it
+    says yes, the Trainer checkpoints and raises :class:`TrainingStopped`.
+    """
 
     def __init__(self, method: Method, recipe: TrainRecipe, dataset, *, out_dir: Path, seed: int,
                  device: torch.device, spec_hash: str, num_workers: int = 0, progress: bool = True,
                  log: Callable[[str], None] = print, stop_after: int | None = None,
                  sampler_factory: Callable[..., Sampler] | None = None, compile: bool = False,
-                 numerics: Numerics | None = None, validate: Callable[[int], float] | None = None):
+                 numerics: Numerics | None = None, validate: Callable[[int], float] | None = None,
+                 should_stop: Callable[[], bool] | None = None):
         self.method, self.recipe, self.dataset = method, recipe, dataset
         # precision of the forward pass (default: the harmonised bf16, i.e. autocast on CUDA only)
         self.numerics = numerics or resolve_numerics("bf16", device)
@@ -172,6 +197,7 @@ class Trainer:
         self.out_dir, self.seed, self.device, self.spec_hash = Path(out_dir), seed, device, spec_hash
         self.num_workers, self.progress, self.log = num_workers, progress, log
         self.stop_after = stop_after  # testing aid: stop (as if killed) after this many iterations
+        self.should_stop = should_stop
         self.ckpt_path = self.out_dir / "checkpoints" / "last.pt"
         self.best_path = self.out_dir / self.selection["checkpoint"]
         self.log_path = self.out_dir / "train_log.jsonl"
@@ -233,6 +259,15 @@ class Trainer:
             atomic_torch_save({"iteration": iteration, "miou": miou, "model": self.method.checkpoint_state_dict(),
                                "spec_hash": self.spec_hash}, self.best_path)
 
+    def _stop_requested(self) -> bool:
+        """``should_stop``, agreed by all DDP ranks (one collective per iteration) so they save together."""
+        if self.should_stop is None:
+            return False
+        if distributed.world_size() == 1:
+            return bool(self.should_stop())
+        flag = torch.tensor([1.0 if self.should_stop() else 0.0], device=self.device)
+        return bool(distributed.all_reduce_mean(flag).item() > 0)
+
     def _append_log(self, entry: dict[str, Any]) -> None:
         with self.log_path.open("a") as f:
             f.write(json.dumps(entry) + "\n")
@@ -246,8 +281,6 @@ class Trainer:
         start = 0
         if resume:
             start = self._resume(optimizer)
-        elif self.log_path.exists() and distributed.is_main():
-            self.log_path.unlink()
         if start == 0:
             seed_everything(self.seed)
         if start >= recipe.iterations:
@@ -272,7 +305,7 @@ class Trainer:
         params = [p for g in optimizer.param_groups for p in g["params"]]
         method.train()
         bar = None
-        if self.progress and dist.is_main:
+        if self.progress and dist.is_main and sys.stderr.isatty():
             from tqdm.auto import tqdm
             bar = tqdm(total=recipe.iterations, initial=start, desc=f"train {method.name}", unit="it",
                        dynamic_ncols=True)
@@ -307,10 +340,19 @@ class Trainer:
                     self._append_log(entry)
                 if bar is not None:
                     bar.set_postfix(loss=f"{entry['loss']:.3f}")
+                elif dist.is_main:
+                    self.log(progress_line(entry, recipe.iterations, start, entry["time"]))
             if self.validate and (iteration % recipe.select_interval == 0 or iteration == recipe.iterations):
                 self._select(iteration)
-            if iteration % recipe.checkpoint_interval == 0 or iteration == recipe.iterations:
+            saved = iteration % recipe.checkpoint_interval == 0 or iteration == recipe.iterations
+            if saved:
                 self._save(optimizer, iteration)
+            if self._stop_requested():
+                if not saved:
+                    self._save(optimizer, iteration)
+                if bar is not None:
+                    bar.close()
+                raise TrainingStopped(iteration, self.ckpt_path)
             if self.stop_after is not None and iteration - start >= self.stop_after:
                 break
         if bar is not None:

@@ -154,3 +154,19 @@ def test_evaluate_split_prefetch_workers_give_identical_confusions(tmp_path):
                        batch_windows=4)
     assert a.num_images == b.num_images == 5
     assert (a.confusion == b.confusion).all() and a.confusion.sum() > 0
+
+
+def test_famix_is_benchmarked_with_a_synthetic_style_bank(tmp_path, capsys):
+    """FAMix trains with style mixing from a mined bank; the speed benchmark stands in a synthetic bank of
+    the same shape (same sampling and mixing cost) instead of crashing for want of one."""
+    out = tmp_path / "speed.json"
+    rc = speed.main(["--method", "famix", "--scale", "miniature", "--device", "cpu", "--batch-size", "2",
+                     "--res", "64", "--eval-res", "64", "--eval-batch", "1", "--steps", "1", "--warmup", "1",
+                     "--json", str(out)])
+    assert rc == 0
+    train = json.loads(out.read_text())["train"]
+    assert all(train[m]["img_per_s"] > 0 for m in train)
+    spec = speed.resolve_method("famix", scale="miniature")
+    method = spec.build(torch.device("cpu"))
+    assert method.style_bank is not None and method.style_bank.meta == {"synthetic": True}
+    assert method.style_bank.channels == spec.config.resnet.channels[0]

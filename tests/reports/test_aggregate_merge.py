@@ -69,6 +69,9 @@ def test_aggregation_is_idempotent(tmp_path, split_runs):
     first = aggregate(csv_path, *split_runs.values())
     assert aggregate(csv_path, *split_runs.values()) == first  # same records again: same bytes
     assert aggregate(csv_path) == first  # no records: recomputed from the ledgers, same bytes
+    roots = [str(p) for p in split_runs.values()]
+    assert main(["--csv", str(csv_path), "--resamples", "100", *roots]) == 0  # the command line: real rows only
+    assert main(["--csv", str(csv_path), "--check", "--resamples", "100", *roots]) == 0
     assert main(["--csv", str(csv_path), "--check", "--resamples", "100"]) == 0
 
 
@@ -165,3 +168,19 @@ def test_profiles_are_a_column_and_never_pooled_as_seeds(tmp_path, write_run):
     assert sorted((r["profile"], r["n_seeds"]) for r in rows) == [("harmonised", "1"), ("released", "1")]
     assert rows[0]["rank_group"] != rows[1]["rank_group"]
     assert "profile" in COLUMNS
+
+
+def test_command_line_keeps_miniature_records_out_of_the_tracked_csv(tmp_path, split_runs, capsys):
+    csv_path = tmp_path / "leaderboard.csv"
+    assert main(["--csv", str(csv_path), "--resamples", "0", *map(str, split_runs.values())]) == 0
+    assert {r["benchmark"] for r in read_leaderboard(csv_path)} == {"real"}
+    mini = read_leaderboard(tmp_path / "leaderboard_miniature.csv")
+    assert mini and {(r["kind"], r["benchmark"]) for r in mini} == {("reproduced", "miniature")}
+    assert "1 record(s)" in capsys.readouterr().out  # the miniature file counts its own records
+    # a tracked CSV that already holds miniature rows (written by an older version) is cleaned
+    write_leaderboard(csv_path, merge_into_csv(csv_path, [r for root in split_runs.values()
+                                                          for r in load_records(root)], OPTS))
+    assert "miniature" in {r["benchmark"] for r in read_leaderboard(csv_path)}
+    assert main(["--csv", str(csv_path), "--resamples", "0", "--check"]) == 1
+    assert main(["--csv", str(csv_path), "--resamples", "0"]) == 0
+    assert {r["benchmark"] for r in read_leaderboard(csv_path)} == {"real"}

@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 import torch
 
-from datasets.base import DatasetLayoutError
 from datasets.loaders import build_dataset
 from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.registry import create_method
@@ -37,24 +36,34 @@ def test_dry_run_reports_dinov2_large_frozen_params(capsys):
     assert spec["pretrained_files"] == ["dinov2_vitl14_pretrain.pth"]
 
 
-def test_missing_dataset_gives_the_clear_error(tmp_path):
-    with pytest.raises(DatasetLayoutError) as info:
-        run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(tmp_path),
-                  "--allow-random-init", "--iters", "1", "--out", str(tmp_path / "run"), "--no-progress"])
-    message = str(info.value)
-    assert str(tmp_path / "gta") in message and "images" in message
+def _one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
 
 
-def test_real_data_without_weights_is_an_error(tmp_path, mini_root):
+def test_missing_dataset_gives_the_clear_error(tmp_path, capsys):
+    code = run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(tmp_path),
+                     "--allow-random-init", "--iters", "1", "--out", str(tmp_path / "run"), "--no-progress"])
+    assert code == 2
+    message = _one_error_line(capsys)
+    assert str(tmp_path / "gta") in message and "images" in message and "fix: " in message
+    assert "weights" not in message  # an empty data root is missing data, not missing weights
+    assert not (tmp_path / "run").exists()
+
+
+def test_real_data_without_weights_is_an_error(tmp_path, mini_root, capsys):
     # a data root that is not marked miniature counts as real data: missing weights must stop the run
-    from methods.weights import MissingWeightsError
-
     real_like = tmp_path / "data"
     real_like.mkdir()
-    (real_like / "gta").symlink_to(mini_root / "gta")
-    with pytest.raises(MissingWeightsError, match="dinov2_vitl14_pretrain.pth"):
-        run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(real_like),
-                  "--weights-dir", str(tmp_path), "--iters", "1", "--out", str(tmp_path / "run")])
+    for name in ("gta", "cityscapes", "bdd100k", "mapillary"):
+        (real_like / name).symlink_to(mini_root / name)
+    code = run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(real_like),
+                     "--weights-dir", str(tmp_path), "--iters", "1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    message = _one_error_line(capsys)
+    assert "dinov2_vitl14_pretrain.pth" in message and "--allow-random-init" in message
+    assert not (tmp_path / "run").exists()
 
 
 def _trainer(method, root, out, stop_after=None, iterations=6):

@@ -45,7 +45,11 @@ def test_executor_settings_from_file_and_cli(tmp_path):
 
 
 def test_slurm_executor_parameters(tmp_path, monkeypatch):
-    """What reaches sbatch: DDP tasks per cell, GPUs, array cap, appended logs across requeues."""
+    """What reaches sbatch: DDP tasks per cell, GPUs, array cap, appended logs across requeues. Only the
+    submission file is rendered, so this runs without a Slurm cluster (submitit's srun probe answers yes)."""
+    from submitit.slurm.slurm import SlurmExecutor
+
+    monkeypatch.setattr(SlurmExecutor, "affinity", classmethod(lambda cls: 1))
     settings = ExecutorSettings(executor="slurm", partition="gpu", time="5", gpus_per_task=4, cpus_per_task=8,
                                 max_parallel=3, additional={"reservation": "r1"})
     ex = make_executor(settings, tmp_path, num_cells=10)
@@ -132,10 +136,3 @@ def test_real_cells_are_keyed_by_the_run_spec_hash(tiny_miniature_root):
         sweep.plan_cells(sweep.Grid(methods=["frozen_m2f"], protocols=["gta2cbm"], variants=["nope"]))
 
 
-@pytest.fixture(scope="module")
-def tiny_miniature_root():
-    """A miniature benchmark with one or two images per split (cached like the full one, in $DGSS_CACHE_DIR)."""
-    from datasets.miniature import MiniatureParams, ensure_miniature
-
-    return ensure_miniature(params=MiniatureParams(count_scale=0.01, domains=("gta5", "cityscapes", "bdd100k",
-                                                                            "mapillary")))

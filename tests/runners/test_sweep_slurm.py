@@ -27,14 +27,6 @@ def partition():
     return (default or out)[0].rstrip("*")
 
 
-@pytest.fixture(scope="module")
-def tiny_miniature_root():
-    from datasets.miniature import MiniatureParams, ensure_miniature
-
-    return ensure_miniature(params=MiniatureParams(count_scale=0.01, domains=("gta5", "cityscapes", "bdd100k",
-                                                                            "mapillary")))
-
-
 def _squeue(job_id):
     out = subprocess.run(["squeue", "-h", "-r", "-j", job_id, "-o", "%T|%r"], capture_output=True, text=True).stdout
     return out.strip().split("|") if out.strip() else ["", ""]
