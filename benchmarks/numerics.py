@@ -14,8 +14,10 @@ On the CPU every precision is strict float32 (autocast stays off, so CPU results
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:  # torch is imported where it is used, so the CLI can list PRECISIONS without it
+    import torch
 
 PRECISIONS = ("bf16", "tf32", "fp32")
 
@@ -31,10 +33,14 @@ class Numerics:
 
     def autocast(self, device_type: str):
         """The forward-pass context: ``torch.autocast`` when a dtype is set, otherwise a no-op context."""
+        import torch
+
         return torch.autocast(device_type=device_type, dtype=self.autocast_dtype or torch.float32,
                               enabled=self.autocast_dtype is not None)
 
     def as_record(self) -> dict:
+        import torch
+
         return {"precision": self.precision,
                 "autocast": {torch.bfloat16: "bf16", None: "none"}.get(self.autocast_dtype, str(self.autocast_dtype)),
                 "tf32": self.tf32, "cudnn_benchmark": self.cudnn_benchmark}
@@ -42,6 +48,8 @@ class Numerics:
 
 def resolve_numerics(precision: str, device: torch.device | str) -> Numerics:
     """The settings ``precision`` means on ``device``, without touching global state."""
+    import torch
+
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     cuda = torch.device(device).type == "cuda"
@@ -53,6 +61,8 @@ def resolve_numerics(precision: str, device: torch.device | str) -> Numerics:
 
 def configure_numerics(precision: str, device: torch.device | str) -> Numerics:
     """Set the process-wide backend flags for ``precision`` on ``device`` and return what was set."""
+    import torch
+
     numerics = resolve_numerics(precision, device)
     if torch.device(device).type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = numerics.tf32

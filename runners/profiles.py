@@ -19,12 +19,14 @@ evaluation pipeline). Explicit command-line values (``--seed``, ``--precision``,
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 from benchmarks.protocols import list_variants
-from methods.base import Method, TrainRecipe
 from methods.registry import get_method_class
 from runners.options import UsageError
+
+if TYPE_CHECKING:  # torch-free at import: runners.run parses its arguments before torch is imported
+    from methods.base import Method, TrainRecipe
 
 PROFILES = ("harmonised", "released")
 DEFAULT_PROFILE = "harmonised"

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 # light imports only (no torch): heavy ones are inside the functions that run after argument parsing
+from benchmarks.numerics import PRECISIONS
 from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get_protocol, list_protocols,
                                   list_variants, load_split)
 from methods.registry import get_method_class, method_module_names
