@@ -527,7 +527,9 @@ def summary_table(record: dict[str, Any]) -> str:
     bench = "MINIATURE benchmark" if record["miniature"] else "real data"
     head = (f"{record['method']} / {record['backbone']} / {record['protocol']} ({record['eval_variant']}, "
             f"hash {record['protocol_hash']}) on {bench}, seed {record['seed']}, "
-            f"pretrained: {str(record['pretrained']).lower()}")
+            f"pretrained: {str(record['pretrained']).lower()}"
+            + (f", {record['profile']} profile" if record.get("profile", DEFAULT_PROFILE) != DEFAULT_PROFILE else "")
+            + (f", {record['precision']}" if record.get("precision", "bf16") != "bf16" else ""))
     return head + "\n" + "\n".join(lines)
 
 
