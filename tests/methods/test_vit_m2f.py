@@ -3,20 +3,9 @@ every method built on it."""
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from methods.registry import create_method
-
-
-def mmseg_semantic_logits(pred_logits, pred_masks, size):
-    """mmseg ``Mask2FormerHead.predict`` written out: every query's mask logits upsampled (bilinear) to the
-    input size, sigmoid, then per class the sum over queries weighted by softmax(class) without no-object."""
-    up = F.interpolate(pred_masks, size=size, mode="bilinear", align_corners=False).sigmoid()
-    probs = pred_logits.softmax(-1)[..., :-1]
-    out = torch.zeros(pred_logits.shape[0], probs.shape[-1], *size)
-    for q in range(pred_logits.shape[1]):
-        out += probs[:, q, :, None, None] * up[:, q, None]
-    return out
+from tests.methods.heads.test_mask2former import mmseg_semantic_logits  # mmseg's predict, written out
 
 
 @pytest.mark.parametrize("name", ["rein", "set", "vireo", "vltseg", "frozen_m2f"])

@@ -39,7 +39,7 @@ HEAD = dict(channels=64, hidden=32, queries=8, classes=19, heads=2, pd_layers=2,
             dec_layers=3, dec_ffn=64, points_for_loss=64)
 LOSS_CLASSES = [0, 5, 11, 13]  # the classes of the loss labels (fewer than the queries: every one matched)
 VIREO_TEXTS, VIREO_TEXT_DIM, VIREO_TEMPLATES = 20, 768, 3  # 19 classes + "background"
-VIREO_HEAD = dict(channels=1024, hidden=256, heads=8, queries=8)  # channels, hidden: fixed by the official head
+VIREO_HEAD = dict(channels=1024, hidden=256, heads=8, queries=8, image=(32, 64))  # channels, hidden: fixed by the official head
 TQDM_HEAD = dict(channels=64, hidden=64, heads=4, pd_layers=2, pd_ffn=128, points=4, dec_layers=3, dec_ffn=128,
                  text_dim=32)  # = the miniature tqdm head (methods.tqdm at scale="miniature")
 TQDM_TEXT = dict(text_dim=32, width=64, heads=4, layers=3)  # = the miniature tqdm's ContextDecoder
@@ -411,12 +411,13 @@ def vireo_head(official: Path) -> dict[str, Any]:
     finally:
         class_json.unlink()
     keys = load_weights(head, "decode_head.", SEED)
-    feats = [seeded(f"vireo_feature.{s}", (BATCH, h["channels"], IMAGE[0] // s, IMAGE[1] // s), SEED)
+    size = h["image"]  # small: 1024-channel maps
+    feats = [seeded(f"vireo_feature.{s}", (BATCH, h["channels"], size[0] // s, size[1] // s), SEED)
              for s in (4, 8, 16, 32)]
     queries = seeded("vireo_queries", (h["queries"], d), SEED)
     from mmseg.structures import SegDataSample
 
-    metas = [dict(img_shape=IMAGE, pad_shape=IMAGE, ori_shape=IMAGE) for _ in range(BATCH)]
+    metas = [dict(img_shape=size, pad_shape=size, ori_shape=size) for _ in range(BATCH)]
     with torch.no_grad():
         cls_list, mask_list, prior = head((list(feats), queries), [SegDataSample(metainfo=m) for m in metas])
         logits = head.predict((list(feats), queries), metas, dict())
