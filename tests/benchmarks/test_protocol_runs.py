@@ -117,7 +117,7 @@ def test_gtasyn2cbm_trains_on_both_sources(tmp_path, mini_root):
 def test_city2acdc_eval_only_export(tmp_path, mini_root):
     out = tmp_path / "acdc"
     record, _ = run(["--protocol", "city2acdc", "--data-root", str(mini_root), "--out", str(out), "--eval-only",
-                     "--export"])
+                     "--eval-untrained", "--export"])
     targets = record["results"]["targets"]
     assert list(targets) == ["acdc-fog", "acdc-night", "acdc-rain", "acdc-snow"]
     assert record["results"]["mean_miou"] == pytest.approx(np.mean([t["miou"] for t in targets.values()]))
@@ -152,7 +152,8 @@ def test_bad_label_mid_evaluation_is_named_and_finished_images_kept(tmp_path, mi
     Image.fromarray(np.zeros((7, 9), np.uint8)).save(labels[1])  # wrong size: a broken file mid-split
     out = tmp_path / "run"
     with pytest.raises(EvaluationError) as err:
-        run(["--protocol", "gta2cbm", "--data-root", str(root), "--out", str(out), "--eval-only", "--no-reference"])
+        run(["--protocol", "gta2cbm", "--data-root", str(root), "--out", str(out), "--eval-only",
+             "--eval-untrained", "--no-reference"])
     msg = str(err.value)
     assert "image #1" in msg and str(labels[1]) in msg and "confusion_cityscapes.partial.npz" in msg
     names, cms = load_confusions(out / "eval" / "confusion_cityscapes.partial.npz")
