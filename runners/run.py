@@ -37,7 +37,9 @@ from methods.backbones.vit import set_grad_checkpointing
 from methods.registry import get_method_class, list_methods
 from methods.weights import default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
+from benchmarks.predictions import PREDICTIONS_DIR, selected_present, split_image_names
 from runners import distributed
+from runners.loggers import LOGGERS, build_logger, logger_problem
 from runners.train import Trainer
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
@@ -93,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--dry-run", action="store_true",
                         help="build the model at real scale on the meta device, print the resolved spec and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument("--logger", default="tensorboard", choices=LOGGERS,
+                        help="mirror losses, LRs, grad norm, it/s and evaluation mIoU to TensorBoard "
+                             "(<out>/tensorboard) or offline W&B (needs wandb); default: %(default)s")
     return parser
 
 
@@ -229,18 +234,29 @@ def rare_class_setup(run: ResolvedRun, train_set, log=print):
     return RareClassCropDataset(train_set, config), functools.partial(RareClassSampler, stats), info
 
 
-def split_result(run: ResolvedRun, ev, split_spec: SplitSpec) -> dict[str, Any]:
+def split_result(run: ResolvedRun, ev, split_spec: SplitSpec, gallery: Sequence[str] = ()) -> dict[str, Any]:
     """Scores of one split; ``miou`` is over the split's reported classes (19, or 16/13 for the SYNTHIA
-    conventions, then ``miou_19`` keeps the 19-class value)."""
+    conventions, then ``miou_19`` keeps the 19-class value); ``gallery``: the saved gallery images."""
     out = {"miou": ev.score.miou, "acc": ev.score.acc, "num_images": ev.num_images,
            "per_class_iou": dict(zip(CITYSCAPES_CLASSES, ev.score.per_class_iou)),
            "confusion": os.path.relpath(ev.per_image_path, run.out), "seconds": ev.seconds,
            "num_classes": len(split_spec.reported_classes)}
+    gallery_dir = run.out / PREDICTIONS_DIR / split_spec.key
+    shown = selected_present(gallery_dir, gallery)
+    if shown:  # the protocol's gallery images (benchmarks.predictions), in gallery order
+        out["gallery"] = {"dir": os.path.relpath(gallery_dir, run.out), "images": shown}
     if len(split_spec.reported_classes) != len(CITYSCAPES_CLASSES):
         out["miou"] = classes_subset_miou(ev.confusion, split_spec.reported_classes)
         out["miou_19"] = ev.score.miou
         out["classes_reported"] = [CITYSCAPES_CLASSES[c] for c in split_spec.reported_classes]
     return out
+
+
+def gallery_names(run: ResolvedRun, split_spec: SplitSpec, dataset) -> list[str]:
+    """The protocol's gallery images of a target split (none for the rPD reference)."""
+    if split_spec not in run.protocol.targets:
+        return []
+    return run.protocol.gallery.select(split_image_names(dataset) or [], split_spec.key)
 
 
 def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, log=print) -> dict[str, Any]:
@@ -300,6 +316,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     run.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run.out / "spec.json", {**run.spec, "spec_hash": run.spec_hash})
 
+    logger = build_logger(getattr(args, "logger", "none") if distributed.is_main() else "none", run.out,
+                          name=run.out.name, config=run.spec, run_id=run.spec_hash)
     train_info: dict[str, Any] = {}
     if args.eval_only:
         if args.checkpoint:
@@ -320,7 +338,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         train_set, sampler_factory, rcs_info = rare_class_setup(run, train_set, log)
         trainer = Trainer(method, run.recipe, train_set, out_dir=run.out, seed=run.seed, device=device,
                           spec_hash=run.spec_hash, num_workers=workers, progress=not args.no_progress, log=log,
-                          sampler_factory=sampler_factory, compile=getattr(args, "compile", False))
+                          sampler_factory=sampler_factory, compile=getattr(args, "compile", False),
+                          on_log=logger.log_train)
         result = trainer.run(resume=args.resume)
         train_info = dataclasses.asdict(result)
         if rcs_info:
@@ -328,6 +347,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         if prepared:
             train_info["prepare"] = prepared
         if not distributed.is_main():  # DDP: rank 0 alone saves, evaluates and writes the record
+            logger.close()
             return {}
         torch.save(method.checkpoint_state_dict(), run.out / "model_final.pt")
     method.to(device).eval()
@@ -336,18 +356,20 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     splits = list(run.protocol.targets)
     if not args.no_reference:
         splits.append(run.protocol.reference)
-    evaluations = {}
+    evaluations, galleries = {}, {}
     t_eval = time.perf_counter()
     for split_spec in splits:
         dataset = split_dataset(run, split_spec, build_test_transform(split_spec))
+        galleries[split_spec.key] = gallery_names(run, split_spec, dataset)
         evaluations[split_spec.key] = evaluate_split(
             method.predict, dataset, run.protocol.inference, key=split_spec.key, device=device,
             out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=not args.no_progress,
-            batch_windows=eval_batch_windows(args, device),
+            batch_windows=eval_batch_windows(args, device), gallery=galleries[split_spec.key],
+            gallery_dir=run.out / PREDICTIONS_DIR / split_spec.key,
             num_workers=args.workers if getattr(args, "workers", None) is not None else default_workers(device))
     eval_seconds = time.perf_counter() - t_eval
 
-    targets = {s.key: split_result(run, evaluations[s.key], s) for s in run.protocol.targets}
+    targets = {s.key: split_result(run, evaluations[s.key], s, galleries[s.key]) for s in run.protocol.targets}
     results: dict[str, Any] = {"targets": targets,
                                "mean_miou": mean_over_targets({k: v["miou"] for k, v in targets.items()})}
     if not args.no_reference:
@@ -365,11 +387,13 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         "seed": run.seed, "pretrained": weights["pretrained"], "weights": weights,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
-        "datasets": fingerprints,
+        "datasets": fingerprints, "logger": logger.describe(),
         "timings": {"total_s": time.perf_counter() - t_start, "eval_s": eval_seconds,
                     "train_s": train_info.get("seconds")},
     }
     write_json_atomic(run.out / RECORD_FILE, record)
+    logger.log_eval(results, int(train_info.get("iterations") or 0))
+    logger.close()
     if args.export:  # after the scores are safely written
         record["exports"] = export_splits(run, method, device, amp_dtype, not args.no_progress, log)
         write_json_atomic(run.out / RECORD_FILE, record)
@@ -399,6 +423,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.eval_variant not in list_variants(args.protocol):
         raise SystemExit(f"error: protocol {args.protocol} has variants {', '.join(list_variants(args.protocol))}")
+    if logger_problem(args.logger):
+        print(f"error: {logger_problem(args.logger)}", file=sys.stderr)
+        return 2
     distributed.init_from_environment()  # torchrun / multi-task submitit job: one process per GPU
     with distributed.main_first():  # rank 0 builds caches (miniature benchmark) before the others read them
         run = resolve(args)
