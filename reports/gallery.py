@@ -28,7 +28,7 @@ from reports.reported import dataset_display
 from runners.records import RECORD_FILE, load_records
 
 __all__ = ["GalleryRun", "GalleryFigure", "load_runs", "run_label", "gallery_figures", "compose",
-           "gallery_filename", "write_galleries", "main"]
+           "gallery_filename", "write_galleries", "runs_from_cli", "main"]
 
 GAP = 4
 HEADER = 46
@@ -82,6 +82,15 @@ def load_runs(paths: Sequence[Path | str]) -> list[GalleryRun]:
         else:
             raise FileNotFoundError(f"{p}: no such run folder or result.json (pass the --out folder of runners.run)")
     return runs
+
+
+def runs_from_cli(paths: Sequence[str]) -> list[GalleryRun] | None:
+    """:func:`load_runs` for a command line: a missing path is a one-line error (None)."""
+    try:
+        return load_runs(paths)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return None
 
 
 def run_label(record: dict[str, Any]) -> str:
@@ -229,15 +238,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default="outputs/report/gallery", help="output folder (default: %(default)s)")
     parser.add_argument("--tile-width", type=int, default=320, help="width of one tile in px (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.runs)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    runs = runs_from_cli(args.runs)
+    if runs is None:
         return 2
     paths = write_galleries(runs, args.out, tile_width=args.tile_width)
     if not paths:
-        print("error: none of these runs saved gallery predictions (runs from before the gallery existed? rerun "
-              "their evaluation: python -m runners.run ... --eval-only --checkpoint RUN/model_final.pt)",
+        print("error: none of these runs saved gallery predictions (runs from before the gallery existed? evaluate "
+              "again into a new folder: python -m runners.run ... --eval-only --checkpoint RUN/model_final.pt --out NEW)",
               file=sys.stderr)
         return 2
     for p in paths:

@@ -33,7 +33,7 @@ from reports.aggregate import comparability_groups, describe_diff, read_leaderbo
 from reports.reported import avg_label, dataset_display
 
 __all__ = ["build_context", "render_html", "write_html", "find_chromium", "chromium_selftest", "SelfTestResult",
-           "parse_leaderboard_dom", "main"]
+           "parse_leaderboard_dom", "print_selftest", "add_links", "main"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "leaderboard.html.j2"
@@ -270,6 +270,16 @@ def chromium_selftest(html_path: Path | str, *, chromium: str | None = None, tim
                           proc.stdout, proc.returncode)
 
 
+def print_selftest(result: SelfTestResult) -> bool:
+    """Print each check and error of a self-test; returns whether it passed."""
+    for c in result.checks:
+        print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']} {c.get('detail', '')}")
+    for e in result.page_errors + result.console:
+        print(f"  error: {e}")
+    print(f"self-test: {'pass' if result.ok else 'FAIL'}")
+    return result.ok
+
+
 class _SelfTestParser(HTMLParser):
     def __init__(self) -> None:
         super().__init__()
@@ -354,13 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(f"wrote {out}")
     if args.selftest:
-        result = chromium_selftest(out)
-        for c in result.checks:
-            print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']} {c.get('detail', '')}")
-        for e in result.page_errors + result.console:
-            print(f"  error: {e}")
-        print(f"self-test: {'pass' if result.ok else 'FAIL'}")
-        return 0 if result.ok else 1
+        return 0 if print_selftest(chromium_selftest(out)) else 1
     return 0
 
 

@@ -25,8 +25,8 @@ from benchmarks.evaluate import load_confusions
 from benchmarks.predictions import prediction_files
 from datasets.labels import CITYSCAPES_CLASSES
 from reports.aggregate import _gpu_hours
-from reports.gallery import GalleryRun, load_runs, run_label
-from reports.html import TEMPLATE_DIR, _heat, chromium_selftest
+from reports.gallery import GalleryRun, run_label, runs_from_cli
+from reports.html import TEMPLATE_DIR, _heat, chromium_selftest, print_selftest
 from reports.reported import dataset_display
 
 __all__ = ["PAGE_NAME", "build_run_context", "render_run_page", "write_run_page", "read_train_log", "curves_png",
@@ -209,10 +209,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help=f"output page, one run only (default: RUN/{PAGE_NAME})")
     parser.add_argument("--selftest", action="store_true", help="open each page in headless Chromium and check it")
     args = parser.parse_args(argv)
-    try:
-        runs = load_runs(args.runs)
-    except FileNotFoundError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    runs = runs_from_cli(args.runs)
+    if runs is None:
         return 2
     if args.out and len(runs) != 1:
         print(f"error: --out names one page but {len(runs)} runs were given; leave it out to write RUN/{PAGE_NAME}",
@@ -223,12 +221,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         page = write_run_page(run, args.out)
         print(f"wrote {page}")
         if args.selftest:
-            result = chromium_selftest(page)
-            for c in result.checks:
-                print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']} {c.get('detail', '')}")
-            for e in result.page_errors + result.console:
-                print(f"  error: {e}")
-            ok = ok and result.ok
+            ok = print_selftest(chromium_selftest(page)) and ok
     return 0 if ok else 1
 
 
