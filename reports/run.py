@@ -28,6 +28,7 @@ from reports.aggregate import _gpu_hours
 from reports.gallery import GalleryRun, run_label, runs_from_cli
 from reports.html import TEMPLATE_DIR, _heat, chromium_selftest, print_selftest
 from reports.reported import dataset_display
+from runners.loggers import loss_names
 
 __all__ = ["PAGE_NAME", "build_run_context", "render_run_page", "write_run_page", "read_train_log", "curves_png",
            "confusion_shares", "main"]
@@ -58,7 +59,7 @@ def curves_png(log: Sequence[dict[str, Any]]) -> bytes | None:
     import matplotlib.pyplot as plt
 
     its = [e["iteration"] for e in log]
-    losses = ["loss"] + [k for k in log[0] if k.startswith("loss_")]
+    losses = ["loss"] + loss_names(log[0])
     n_groups = max(len(e.get("lr_groups") or [e["lr"]]) for e in log)
     with plt.rc_context({"axes.spines.top": False, "axes.spines.right": False, "figure.dpi": 100}):
         fig, axes = plt.subplots(1, 3, figsize=(14, 3.4))

@@ -21,18 +21,22 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["LOGGERS", "RunLogger", "NullLogger", "TensorBoardLogger", "WandbLogger", "build_logger",
-           "logger_problem", "train_scalars", "eval_scalars", "read_event_scalars"]
+           "logger_problem", "loss_names", "train_scalars", "eval_scalars", "read_event_scalars"]
 
 LOGGERS = ("tensorboard", "wandb", "none")
 TENSORBOARD_DIR = "tensorboard"
 _TRAIN_KEYS = ("iteration", "loss", "lr", "lr_groups", "time", "grad_norm", "it_per_s")
 
 
+def loss_names(entry: dict[str, Any]) -> list[str]:
+    """The named losses of a ``train_log.jsonl`` line (every number that is not bookkeeping)."""
+    return [k for k, v in entry.items() if k not in _TRAIN_KEYS and isinstance(v, (int, float))]
+
+
 def train_scalars(entry: dict[str, Any]) -> dict[str, float]:
     """Tag -> value for one ``train_log.jsonl`` line."""
     out = {"train/loss": float(entry["loss"])}
-    out.update({f"train/{k}": float(v) for k, v in entry.items()
-                if k not in _TRAIN_KEYS and isinstance(v, (int, float))})
+    out.update({f"train/{k}": float(entry[k]) for k in loss_names(entry)})
     for k in ("grad_norm", "it_per_s"):
         if entry.get(k) is not None:
             out[f"train/{k}"] = float(entry[k])

@@ -24,6 +24,7 @@ import torch
 from benchmarks.evaluate import evaluate_split
 from benchmarks.export import check_submission, export_predictions, zip_submission
 from benchmarks.metrics import classes_subset_miou, mean_over_targets, rpd
+from benchmarks.predictions import PREDICTIONS_DIR, selected_present, split_image_names
 from benchmarks.protocols import (Protocol, SplitSpec, build_test_transform, get_protocol, list_protocols,
                                   list_variants, load_split)
 from datasets.base import ConcatSegmentationDataset
@@ -37,7 +38,6 @@ from methods.backbones.vit import set_grad_checkpointing
 from methods.registry import get_method_class, list_methods
 from methods.weights import default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
-from benchmarks.predictions import PREDICTIONS_DIR, selected_present, split_image_names
 from runners import distributed
 from runners.loggers import LOGGERS, build_logger, logger_problem
 from runners.train import Trainer

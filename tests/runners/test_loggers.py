@@ -5,8 +5,8 @@ import json
 import pytest
 import torch
 
-from runners.loggers import (TensorBoardLogger, build_logger, eval_scalars, logger_problem, read_event_scalars,
-                             train_scalars)
+from runners.loggers import (TensorBoardLogger, build_logger, eval_scalars, logger_problem, loss_names,
+                             read_event_scalars, train_scalars)
 from runners.run import main as run_main
 
 
@@ -65,7 +65,7 @@ def test_trainer_lines_reach_tensorboard(tmp_path):
     logger.close()
     lines = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     scalars = read_event_scalars(tmp_path / "tensorboard")
-    losses = [k for k in lines[0] if k.startswith("loss_")]
+    losses = loss_names(lines[0])
     assert losses, lines[0]
     for k in ["loss", *losses]:
         assert scalars[f"train/{k}"] == [(e["iteration"], pytest.approx(e[k], rel=1e-6)) for e in lines]

@@ -15,7 +15,7 @@ from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.registry import create_method
 from reports.leaderboard import main as leaderboard_main
 from runners.run import main as run_main
-from runners.loggers import read_event_scalars
+from runners.loggers import loss_names, read_event_scalars
 from runners.train import Trainer
 
 
@@ -136,7 +136,7 @@ def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
     lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [s for s, _ in scalars["train/loss"]] == [e["iteration"] for e in lines]
     assert [v for _, v in scalars["train/loss"]] == pytest.approx([e["loss"] for e in lines], rel=1e-6)
-    named = {f"train/{k}" for k in lines[0] if k.startswith("loss_")}
+    named = {f"train/{k}" for k in loss_names(lines[0])}
     assert named and named | {"lr/group0", "train/it_per_s"} <= set(scalars)
     assert scalars["eval/cityscapes/mIoU"] == [(3, pytest.approx(record["results"]["targets"]["cityscapes"]["miou"]))]
 
