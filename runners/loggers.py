@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -134,13 +135,20 @@ class WandbLogger(RunLogger):
         return {"kind": self.kind, "dir": "wandb", "mode": "offline"}
 
 
+def _installed(package: str) -> bool:
+    try:
+        return importlib.util.find_spec(package) is not None
+    except ValueError:  # imported already, without a spec
+        return package in sys.modules
+
+
 def logger_problem(kind: str) -> str | None:
     """Why ``--logger kind`` cannot run here (one line with the fix), or None."""
     if kind not in LOGGERS:
         return f"--logger {kind}: choose one of {', '.join(LOGGERS)}"
-    if kind == "tensorboard" and importlib.util.find_spec("tensorboard") is None:
+    if kind == "tensorboard" and not _installed("tensorboard"):
         return "--logger tensorboard needs the tensorboard package: pip install -e . (or use --logger none)"
-    if kind == "wandb" and importlib.util.find_spec("wandb") is None:
+    if kind == "wandb" and not _installed("wandb"):
         return "--logger wandb needs the wandb package: pip install wandb (runs offline), or use --logger tensorboard"
     return None
 

@@ -87,3 +87,27 @@ def test_wandb_missing_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     assert len(err) == 1 and "--logger wandb" in err[0]
     assert not (tmp_path / "run").exists()
     assert logger_problem("none") is None and logger_problem("tensorboard") is None
+
+
+def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    calls = {}
+
+    class FakeRun:
+        def log(self, values, step):
+            calls.setdefault("log", []).append((step, values))
+
+        def finish(self):
+            calls["finished"] = True
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls.setdefault("init", kw) and FakeRun()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    logger = build_logger("wandb", tmp_path, name="run-a", config={"seed": 0}, run_id="abc")
+    logger.log_train({"iteration": 5, "loss": 2.0, "loss_ce": 2.0, "lr": 0.1, "time": 1.0})
+    logger.close()
+    assert calls["init"]["mode"] == "offline" and calls["init"]["id"] == "abc" and calls["init"]["dir"] == str(tmp_path)
+    assert calls["log"] == [(5, {"train/loss": 2.0, "train/loss_ce": 2.0, "lr/group0": 0.1})] and calls["finished"]
+    assert logger.describe() == {"kind": "wandb", "dir": "wandb", "mode": "offline"}
