@@ -5,7 +5,8 @@
 sliding window; the scores are resized bilinearly to the *native* label size, argmax-ed and compared with
 the label. Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
 ``names`` and ``confusion`` [N,C,C]); the dataset score is computed from their sum, so re-scoring needs
-no re-inference (:func:`score_file`). Partial results are checkpointed and survive failures
+no re-inference (:func:`score_file`). The predictions of the protocol's gallery images are saved as palette
+PNGs on the way (``gallery``, :mod:`benchmarks.predictions`). Partial results are checkpointed and survive failures
 (``resume=True`` continues where a run stopped).
 """
 
@@ -17,7 +18,7 @@ import os
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import SplitScore, confusion_matrix, score_confusion
+from .predictions import save_gallery_item
 from .protocols import InferenceSpec
 
 __all__ = [
@@ -272,6 +274,8 @@ def evaluate_split(
     resume: bool = False,
     checkpoint_every: int = 50,
     ignore_index: int = 255,
+    gallery: Collection[str] = (),
+    gallery_dir: Path | str | None = None,
 ) -> SplitEvaluation:
     """Evaluate ``predict_fn`` on every item of ``dataset`` and store per-image confusion matrices.
 
@@ -282,7 +286,9 @@ def evaluate_split(
     loading them when the dataset has a ``names`` sequence). A failing image raises
     :class:`EvaluationError` naming it. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on CUDA) runs the
     model under autocast; scores are accumulated in float32. ``num_workers > 0`` decodes the images in that
-    many DataLoader worker processes, in order, ahead of the model (the results are the same).
+    many DataLoader worker processes, in order, ahead of the model (the results are the same). Images named
+    in ``gallery`` get their image, ground truth and prediction saved to ``gallery_dir``
+    (:func:`benchmarks.predictions.save_gallery_item`).
     """
     start = time.perf_counter()
     predict = _as_predict_fn(predict_fn)
@@ -355,6 +361,8 @@ def evaluate_split(
             with torch.inference_mode():
                 pred = resize_logits(logits.float(), label.shape[-2:]).argmax(1)[0]
                 results[name] = confusion_matrix(pred, label, num_classes=num_classes, ignore_index=ignore_index)
+                if name in gallery and gallery_dir is not None:
+                    save_gallery_item(gallery_dir, name, image[0], label, pred)
             new_since_flush += 1
             bar.update(1)
             if checkpoint_every and new_since_flush >= checkpoint_every:

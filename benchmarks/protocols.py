@@ -28,8 +28,10 @@ city2bmacdc    Cityscapes -> BDD100K, Mapillary, ACDC val   Cityscapes val
 =============  ===========================================  ================================================
 
 Fields added after the first protocols (``SplitSpec.prehalve``/``center_crop``,
-``Protocol.extra_sources``/``exports``) are left out of :meth:`Protocol.to_dict` (and so of the hash)
-while they hold their defaults: protocols that do not use them keep their original content hash.
+``Protocol.extra_sources``/``exports``/``gallery``) are left out of :meth:`Protocol.to_dict` (and so of the
+hash) while they hold their defaults: protocols that do not use them keep their original content hash.
+``Protocol.gallery`` (:class:`GallerySpec`: which test images every run saves colourised predictions of)
+changes no number, so it is never part of the content hash, like ``description``.
 """
 
 from __future__ import annotations
@@ -39,13 +41,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
 __all__ = [
     "CenterCropSpec",
+    "GallerySpec",
     "REPORTED_CLASS_SETS",
     "build_test_transform",
     "load_split",
@@ -168,6 +171,35 @@ class CenterCropSpec:
 
 
 @dataclass(frozen=True)
+class GallerySpec:
+    """The fixed subset of test images whose colourised predictions every run saves (the papers' qualitative
+    figures: image | ground truth | method A | method B), so that every method shows the same images.
+
+    The rule is seeded and depends only on image *names*: the ``images_per_target`` names of a split with the
+    smallest ``sha256("<seed>/<split key>/<name>")``, in that order. It does not depend on the order in which
+    a loader lists the files, and adding images to a split changes a pick only when a new name hashes lower.
+    The gallery changes no number, so it is not part of :meth:`Protocol.content_hash`.
+    """
+
+    images_per_target: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("images_per_target", "seed"):
+            v = getattr(self, name)
+            if int(v) != v or int(v) < 0:
+                raise ValueError(f"GallerySpec.{name} must be an int >= 0, got {v!r}")
+            object.__setattr__(self, name, int(v))
+
+    def select(self, names: Sequence[str], key: str) -> list[str]:
+        """The gallery images of split ``key`` among ``names``, in gallery order."""
+        def rank(name: str) -> str:
+            return hashlib.sha256(f"{self.seed}/{key}/{name}".encode("utf-8")).hexdigest()
+
+        return sorted(dict.fromkeys(str(n) for n in names), key=rank)[:self.images_per_target]
+
+
+@dataclass(frozen=True)
 class SplitSpec:
     """One dataset split as used by a protocol.
 
@@ -231,7 +263,8 @@ class Protocol:
     validation split evaluated under the same protocol (decisions.md §1; for several sources, the first
     one's). ``aggregation="mean"`` is the plain mean of target mIoUs (the papers' "Avg." column).
     ``exports`` are splits without public ground truth whose predictions are written in the benchmark
-    server's submission format (ACDC test; :mod:`benchmarks.export`), never scored locally.
+    server's submission format (ACDC test; :mod:`benchmarks.export`), never scored locally. ``gallery``
+    picks the test images whose predictions every run saves (:class:`GallerySpec`; not hashed).
     """
 
     name: str
@@ -245,8 +278,13 @@ class Protocol:
     variant: str = "default"
     extra_sources: tuple[SplitSpec, ...] = ()
     exports: tuple[SplitSpec, ...] = ()
+    gallery: GallerySpec = field(default_factory=GallerySpec)
 
     def __post_init__(self) -> None:
+        if isinstance(self.gallery, Mapping):
+            object.__setattr__(self, "gallery", GallerySpec(**dict(self.gallery)))
+        elif not isinstance(self.gallery, GallerySpec):
+            raise ValueError(f"Protocol.gallery must be a GallerySpec, got {self.gallery!r}")
         object.__setattr__(self, "extra_sources", tuple(self.extra_sources))
         object.__setattr__(self, "exports", tuple(self.exports))
         source_keys = [s.key for s in self.sources]
@@ -321,12 +359,15 @@ class Protocol:
             variant=d.get("variant", "default"),
             extra_sources=tuple(split(x) for x in d.get("extra_sources", ())),
             exports=tuple(split(x) for x in d.get("exports", ())),
+            gallery=GallerySpec(**_check_keys(GallerySpec, dict(d.get("gallery") or {}))),
         )
 
     def canonical_json(self) -> str:
-        """Canonical JSON of every field except ``description`` (what :meth:`content_hash` hashes)."""
+        """Canonical JSON of every field except ``description`` and ``gallery`` (what :meth:`content_hash`
+        hashes): neither changes a number."""
         d = self.to_dict()
         d.pop("description")
+        d.pop("gallery", None)
         return json.dumps(d, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
 
     def content_hash(self) -> str:
@@ -335,7 +376,7 @@ class Protocol:
 
 
 _COMPAT_DEFAULTS: dict[str, dict[str, Any]] = {
-    "protocol": {"extra_sources": [], "exports": []},
+    "protocol": {"extra_sources": [], "exports": [], "gallery": dataclasses.asdict(GallerySpec())},
     "split": {"prehalve": False, "center_crop": None},
 }
 """Fields added after the first registered protocols, with the JSON value they are omitted at."""
@@ -715,14 +756,15 @@ def protocol_diff(a: Protocol, b: Protocol) -> dict[str, tuple]:
     """Settings that differ between two protocols: ``{"dotted.path": (value_in_a, value_in_b)}``.
 
     Targets are matched by key (``targets[mapillary].test_resize``); a target present in only one
-    protocol shows up in ``targets.keys`` and with ``None`` on the missing side. ``description`` is not
-    a setting and is ignored. An empty dict means the two protocols have the same content hash.
+    protocol shows up in ``targets.keys`` and with ``None`` on the missing side. ``description`` and
+    ``gallery`` change no number and are ignored. An empty dict means the two protocols have the same content hash.
     """
     fa: dict[str, Any] = {}
     fb: dict[str, Any] = {}
     da, db = a.to_dict(), b.to_dict()
-    da.pop("description")
-    db.pop("description")
+    for d in (da, db):
+        d.pop("description")
+        d.pop("gallery", None)
     _flatten(da, "", fa)
     _flatten(db, "", fb)
     return {k: (fa.get(k), fb.get(k)) for k in sorted(set(fa) | set(fb)) if fa.get(k) != fb.get(k)}

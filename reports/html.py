@@ -33,7 +33,7 @@ from reports.aggregate import comparability_groups, describe_diff, read_leaderbo
 from reports.reported import avg_label, dataset_display
 
 __all__ = ["build_context", "render_html", "write_html", "find_chromium", "chromium_selftest", "SelfTestResult",
-           "parse_leaderboard_dom", "main"]
+           "parse_leaderboard_dom", "print_selftest", "add_links", "main"]
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE = "leaderboard.html.j2"
@@ -111,6 +111,10 @@ def _group_model(group, index: int) -> dict[str, Any]:
             "trainable": any_row["trainable_params"], "trainable_text": _params(any_row["trainable_params"]),
             "gpu_hours": any_row["gpu_hours"],
             "rank": (avg_row or {}).get("rank", ""),
+            "runs": sorted({e["run_id"]: {"run_id": e["run_id"], "seed": e.get("seed"), "path": e.get("path", ""),
+                                          "href": ""}
+                            for t in cells.values() for e in json.loads(t["seed_values"] or "[]")}.values(),
+                           key=lambda r: (str(r["seed"]), r["run_id"])),
             "per_class": {"targets": per_class_targets, "rows": [
                 {"name": c, "values": [{"v": per_class[t].get(c), "style": _heat(per_class[t].get(c))}
                                        for t in per_class_targets]} for c in classes]},
@@ -130,6 +134,7 @@ def _group_model(group, index: int) -> dict[str, Any]:
         "description": settings.get("description", ""), "entries": entries,
         "not_comparable": [{"label": lbl, "diff": describe_diff(d)} for lbl, d in group.not_comparable_with.items()],
         "show_paper": group.benchmark == "real",
+        "target_keys": [t["key"] for t in settings.get("targets", [])], "galleries": [],
     }
 
 
@@ -156,22 +161,53 @@ def build_context(rows: Sequence[dict[str, str]], *, source: str = "leaderboard.
     }
 
 
-def render_html(rows: Sequence[dict[str, str]], *, source: str = "leaderboard.csv") -> str:
+def add_links(context: dict[str, Any], *, csv_dir: Path, page_dir: Path, gallery_dir: Path | None) -> None:
+    """Link each row's runs to their pages (``reports.run``: ``<run>/report.html``, found through the record
+    paths, relative to the CSV) and each table to its gallery PNGs (``reports.gallery``), where they exist."""
+    from reports.gallery import gallery_filename
+    from reports.run import PAGE_NAME
+
+    def rel(path: Path) -> str:
+        return Path(os.path.relpath(path.resolve(), page_dir.resolve())).as_posix()
+
+    for section in context["sections"]:
+        for protocol in section["protocols"]:
+            for g in protocol["groups"]:
+                for e in g["entries"]:
+                    for r in e["runs"]:
+                        page = csv_dir / Path(r["path"]).parent / PAGE_NAME if r["path"] else None
+                        r["href"] = rel(page) if page is not None and page.is_file() else ""
+                for key in g["target_keys"] if gallery_dir else []:
+                    png = gallery_dir / gallery_filename(g["protocol"], g["variant"], g["hash"], key)
+                    if png.is_file():
+                        g["galleries"].append({"target": dataset_display(key), "href": rel(png)})
+
+
+def render_html(rows: Sequence[dict[str, str]], *, source: str = "leaderboard.csv",
+                links: dict[str, Path | None] | None = None) -> str:
+    """The page; ``links`` (``csv_dir``, ``page_dir``, ``gallery_dir``: see :func:`add_links`) adds the links
+    to run pages and galleries."""
     import jinja2
 
     env = jinja2.Environment(loader=jinja2.FileSystemLoader(str(TEMPLATE_DIR)),
                              autoescape=jinja2.select_autoescape(["html", "j2"]), undefined=jinja2.StrictUndefined,
                              trim_blocks=True, lstrip_blocks=True)
-    return env.get_template(TEMPLATE).render(**build_context(rows, source=source))
+    context = build_context(rows, source=source)
+    if links:
+        add_links(context, **links)
+    return env.get_template(TEMPLATE).render(**context)
 
 
-def write_html(csv_path: Path | str, out: Path | str) -> Path:
-    """Render the leaderboard of ``csv_path`` to ``out`` (one self-contained file)."""
+def write_html(csv_path: Path | str, out: Path | str, *, gallery_dir: Path | str | None = None) -> Path:
+    """Render the leaderboard of ``csv_path`` to ``out`` (one self-contained file), linking the run pages
+    that exist and the galleries in ``gallery_dir`` (default: ``gallery/`` next to ``out``)."""
     csv_path, out = Path(csv_path), Path(out)
     if not csv_path.is_file():
         raise FileNotFoundError(f"{csv_path} not found; build it with python -m reports.aggregate [RUNS]")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(render_html(read_leaderboard(csv_path), source=csv_path.name), encoding="utf-8")
+    links = {"csv_dir": csv_path.parent, "page_dir": out.parent,
+             "gallery_dir": Path(gallery_dir) if gallery_dir else out.parent / "gallery"}
+    out.write_text(render_html(read_leaderboard(csv_path), source=csv_path.name, links=links), encoding="utf-8")
     return out
 
 
@@ -232,6 +268,16 @@ def chromium_selftest(html_path: Path | str, *, chromium: str | None = None, tim
     data = json.loads(parser.payload)
     return SelfTestResult(data.get("status", "fail"), data.get("checks", []), data.get("errors", []), console,
                           proc.stdout, proc.returncode)
+
+
+def print_selftest(result: SelfTestResult) -> bool:
+    """Print each check and error of a self-test; returns whether it passed."""
+    for c in result.checks:
+        print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']} {c.get('detail', '')}")
+    for e in result.page_errors + result.console:
+        print(f"  error: {e}")
+    print(f"self-test: {'pass' if result.ok else 'FAIL'}")
+    return result.ok
 
 
 class _SelfTestParser(HTMLParser):
@@ -306,23 +352,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m reports.html", description="Render the static HTML leaderboard.")
     parser.add_argument("--csv", default="leaderboard.csv", help="leaderboard CSV (default: %(default)s)")
     parser.add_argument("--out", default="outputs/report/leaderboard.html", help="output page (default: %(default)s)")
+    parser.add_argument("--gallery", default=None,
+                        help="folder of python -m reports.gallery figures to link (default: gallery/ next to --out)")
     parser.add_argument("--selftest", action="store_true",
                         help="also open the page in headless Chromium and run its built-in self-test")
     args = parser.parse_args(argv)
     try:
-        out = write_html(args.csv, args.out)
+        out = write_html(args.csv, args.out, gallery_dir=args.gallery)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     print(f"wrote {out}")
     if args.selftest:
-        result = chromium_selftest(out)
-        for c in result.checks:
-            print(f"  [{'ok' if c['ok'] else 'FAIL'}] {c['name']} {c.get('detail', '')}")
-        for e in result.page_errors + result.console:
-            print(f"  error: {e}")
-        print(f"self-test: {'pass' if result.ok else 'FAIL'}")
-        return 0 if result.ok else 1
+        return 0 if print_selftest(chromium_selftest(out)) else 1
     return 0
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Sequence
@@ -184,6 +185,48 @@ def plot_rpd_bars(groups: Sequence[ComparabilityGroup], out_dir: Path, formats: 
     return paths
 
 
+def nice_ticks(lo: float, hi: float, *, log: bool) -> list[float]:
+    """Tick positions a reader can read off for data in [lo, hi] (lo > 0 for ``log``): 1-2-5 steps per
+    decade on a log axis (every 1..9 when the range holds fewer than three of them), and for a range
+    within one decade, where log ticks would all be unlabelled minor ticks, a plain linear 1-2-5 grid."""
+    from matplotlib.ticker import MaxNLocator
+
+    if log and hi / lo >= 3:
+        decades = range(math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1)
+        for mults in ((1, 2, 5), range(1, 10)):
+            ticks = [m * 10.0 ** d for d in decades for m in mults]
+            inside = [t for t in ticks if lo / 1.5 <= t <= hi * 1.5]
+            if len(inside) >= 3:
+                return inside
+        return inside
+    pad = max((hi - lo) * 0.25, abs(hi) * 0.05, 1e-9)
+    return [round(float(t), 12) for t in MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]).tick_values(lo - pad, hi + pad)
+            if lo - pad <= t <= hi + pad]
+
+
+def _tick_text(v: float) -> str:
+    return f"{v:,.0f}" if abs(v) >= 100 else f"{v:g}" if abs(v) >= 0.01 else f"{v:.1e}"
+
+
+def set_cost_axis(ax, xs: Sequence[float], *, log: bool) -> None:
+    """x axis of a cost panel: log scale when the data span at least a factor of 3, every tick labelled
+    in plain numbers (no 10^k minor-tick clutter for small ranges)."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    lo, hi = min(xs), max(xs)
+    log = log and lo > 0 and hi / lo >= 3
+    ticks = nice_ticks(lo, hi, log=log)
+    if log:
+        ax.set_xscale("log")
+        ax.set_xlim(min(ticks[0], lo / 1.3), max(ticks[-1], hi * 1.3))
+    else:
+        pad = max((hi - lo) * 0.25, abs(hi) * 0.05, 1e-9)  # as nice_ticks
+        ax.set_xlim(lo - pad, hi + pad)
+    ax.xaxis.set_major_locator(FixedLocator(ticks))
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: _tick_text(v)))
+
+
 def plot_cost(groups: Sequence[ComparabilityGroup], out_dir: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
     """Avg. mIoU vs trainable parameters (log scale) and vs GPU-hours per run."""
     paths: list[Path] = []
@@ -210,12 +253,13 @@ def plot_cost(groups: Sequence[ComparabilityGroup], out_dir: Path, formats: Sequ
                     ax.errorbar(x, y, yerr=float(r["miou_std"]) if r["miou_std"] else None, fmt="o", ms=8, capsize=3,
                                 color=colors(i % 10), mec="black", mew=0.5, label=label)
                     ax.annotate(label, (x, y), textcoords="offset points", xytext=(6, 5), fontsize=7)
-                if col == "trainable_params":
-                    ax.set_xscale("log")
+                xs = [float(r[col]) / scale for _, r in pts if r[col]]
+                if xs:
+                    set_cost_axis(ax, xs, log=col == "trainable_params")
                 ax.set_xlabel(f"{name} ({unit})")
                 ax.set_ylabel(f"{avg} mIoU (%)")
                 ax.grid(alpha=0.3, which="both")
-                ax.margins(x=0.25, y=0.2)
+                ax.margins(y=0.2)
             fig.suptitle(f"Cost vs mIoU\n{_group_title(g)}", fontsize=10)
             fig.tight_layout()
             paths += _save(fig, out_dir, f"cost_{_group_slug(g)}", formats)

@@ -16,6 +16,7 @@ mIoU values are kept as the published strings ("66.40" and "66.4" differ in what
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -126,8 +127,14 @@ def dataset_display(key: str) -> str:
 
 
 def avg_label(targets: list[str] | tuple[str, ...]) -> str:
-    """The papers' average column name for display-named targets: "Avg(C/B/M)"."""
-    return "Avg(" + "/".join(t[0].upper() for t in targets) + ")"
+    """The papers' average column name for display-named targets: "Avg(C/B/M)" when the initials tell the
+    targets apart, else the names after their shared prefix: "Avg(acdc-fog/night/rain/snow)"."""
+    initials = [t[0].upper() for t in targets]
+    if len(set(initials)) == len(initials):
+        return "Avg(" + "/".join(initials) + ")"
+    prefix = os.path.commonprefix(list(targets))
+    prefix = prefix[:max(prefix.rfind("-"), prefix.rfind(" "), prefix.rfind("_")) + 1]  # whole words only
+    return "Avg(" + "/".join([targets[0]] + [t[len(prefix):] for t in targets[1:]]) + ")"
 
 
 def harness_protocol(source: str, target: str) -> str:

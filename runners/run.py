@@ -35,6 +35,7 @@ from runners.outdir import check_run_folder, open_run_folder
 from runners.preflight import RunInterrupted, UserError, disk_full_error, is_disk_full, preflight, report_error
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 from runners.options import apply_overrides, parse_cfg_options
+from runners.loggers import LOGGERS, build_logger, logger_problem
 from runners.profiles import (DEFAULT_PROFILE, HARMONISED_RUN, NOTES, PROFILES, eval_variant_for,
                               format_profile_differences, method_recipe, profile_differences, settings_for)
 
@@ -123,6 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--no-progress", action="store_true",
                         help="no progress bars, even on a terminal (bars are only drawn on a terminal; otherwise, "
                              "e.g. in Slurm logs, a plain line every --log-interval iterations)")
+    parser.add_argument("--logger", default="tensorboard", choices=LOGGERS,
+                        help="mirror losses, LRs, grad norm, it/s and evaluation mIoU to TensorBoard "
+                             "(<out>/tensorboard) or offline W&B (needs wandb); default: %(default)s")
     return parser
 
 
@@ -299,21 +303,35 @@ def rare_class_setup(run: ResolvedRun, train_set, log=print):
     return RareClassCropDataset(train_set, config), functools.partial(RareClassSampler, stats), info
 
 
-def split_result(run: ResolvedRun, ev, split_spec: SplitSpec) -> dict[str, Any]:
+def split_result(run: ResolvedRun, ev, split_spec: SplitSpec, gallery: Sequence[str] = ()) -> dict[str, Any]:
     """Scores of one split; ``miou`` is over the split's reported classes (19, or 16/13 for the SYNTHIA
-    conventions, then ``miou_19`` keeps the 19-class value)."""
+    conventions, then ``miou_19`` keeps the 19-class value); ``gallery``: the saved gallery images."""
     from benchmarks.metrics import classes_subset_miou
+    from benchmarks.predictions import PREDICTIONS_DIR, selected_present
     from datasets.labels import CITYSCAPES_CLASSES
 
     out = {"miou": ev.score.miou, "acc": ev.score.acc, "num_images": ev.num_images,
            "per_class_iou": dict(zip(CITYSCAPES_CLASSES, ev.score.per_class_iou)),
            "confusion": os.path.relpath(ev.per_image_path, run.out), "seconds": ev.seconds,
            "num_classes": len(split_spec.reported_classes)}
+    gallery_dir = run.out / PREDICTIONS_DIR / split_spec.key
+    shown = selected_present(gallery_dir, gallery)
+    if shown:  # the protocol's gallery images (benchmarks.predictions), in gallery order
+        out["gallery"] = {"dir": os.path.relpath(gallery_dir, run.out), "images": shown}
     if len(split_spec.reported_classes) != len(CITYSCAPES_CLASSES):
         out["miou"] = classes_subset_miou(ev.confusion, split_spec.reported_classes)
         out["miou_19"] = ev.score.miou
         out["classes_reported"] = [CITYSCAPES_CLASSES[c] for c in split_spec.reported_classes]
     return out
+
+
+def gallery_names(run: ResolvedRun, split_spec: SplitSpec, dataset) -> list[str]:
+    """The protocol's gallery images of a target split (none for the rPD reference)."""
+    from benchmarks.predictions import split_image_names
+
+    if split_spec not in run.protocol.targets:
+        return []
+    return run.protocol.gallery.select(split_image_names(dataset) or [], split_spec.key)
 
 
 def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, log=print) -> dict[str, Any]:
@@ -392,8 +410,9 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     import torch
 
     from benchmarks.evaluate import evaluate_split
-    from benchmarks.numerics import configure_numerics
     from benchmarks.metrics import mean_over_targets, rpd
+    from benchmarks.numerics import configure_numerics
+    from benchmarks.predictions import PREDICTIONS_DIR
     from datasets.transforms import TrainAugmentation, TrainTransform
     from methods.backbones.vit import set_grad_checkpointing
     from methods.weights import default_hash_cache
@@ -419,6 +438,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     run.out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(run.out / "spec.json", {**run.spec, "spec_hash": run.spec_hash})
 
+    logger = build_logger(getattr(args, "logger", "none") if distributed.is_main() else "none", run.out,
+                          name=run.out.name, config=run.spec, run_id=run.spec_hash)
     train_info: dict[str, Any] = {}
     if args.eval_only:
         if args.checkpoint:
@@ -449,7 +470,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
         trainer = Trainer(method, run.recipe, train_set, out_dir=run.out, seed=run.seed, device=device,
                           spec_hash=run.spec_hash, num_workers=workers, progress=show_bars(args), log=log,
                           sampler_factory=sampler_factory, compile=getattr(args, "compile", False),
-                          numerics=numerics, validate=validate, should_stop=stop)
+                          numerics=numerics, validate=validate, should_stop=stop, on_log=logger.log_train)
         with stop.training_phase() if stop else contextlib.nullcontext():
             result = trainer.run(resume=args.resume)
         train_info = dataclasses.asdict(result)
@@ -458,6 +479,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
         if prepared:
             train_info["prepare"] = prepared
         if not distributed.is_main():  # DDP: rank 0 alone saves, evaluates and writes the record
+            logger.close()
             return {}
         atomic_torch_save(method.checkpoint_state_dict(), run.out / "model_final.pt")
         if result.selection:  # FAMix's released selection: evaluate the best validated model
@@ -470,18 +492,20 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     splits = list(run.protocol.targets)
     if not args.no_reference:
         splits.append(run.protocol.reference)
-    evaluations = {}
+    evaluations, galleries = {}, {}
     t_eval = time.perf_counter()
     for split_spec in splits:
         dataset = split_dataset(run, split_spec, build_test_transform(split_spec))
+        galleries[split_spec.key] = gallery_names(run, split_spec, dataset)
         evaluations[split_spec.key] = evaluate_split(
             method.predict, dataset, run.protocol.inference, key=split_spec.key, device=device,
             out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=show_bars(args),
-            batch_windows=eval_batch_windows(args, device), resume=args.resume,
+            batch_windows=eval_batch_windows(args, device), resume=args.resume, gallery=galleries[split_spec.key],
+            gallery_dir=run.out / PREDICTIONS_DIR / split_spec.key,
             num_workers=args.workers if getattr(args, "workers", None) is not None else default_workers(device))
     eval_seconds = time.perf_counter() - t_eval
 
-    targets = {s.key: split_result(run, evaluations[s.key], s) for s in run.protocol.targets}
+    targets = {s.key: split_result(run, evaluations[s.key], s, galleries[s.key]) for s in run.protocol.targets}
     results: dict[str, Any] = {"targets": targets,
                                "mean_miou": mean_over_targets({k: v["miou"] for k, v in targets.items()})}
     if not args.no_reference:
@@ -501,11 +525,13 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
         "pretrained": weights["pretrained"], "weights": weights,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
-        "datasets": fingerprints,
+        "datasets": fingerprints, "logger": logger.describe(),
         "timings": {"total_s": time.perf_counter() - t_start, "eval_s": eval_seconds,
                     "train_s": train_info.get("seconds")},
     }
     write_json_atomic(run.out / RECORD_FILE, record)
+    logger.log_eval(results, int(train_info.get("iterations") or 0))
+    logger.close()
     if args.export:  # after the scores are safely written
         record["exports"] = export_splits(run, method, device, amp_dtype, show_bars(args), log)
         write_json_atomic(run.out / RECORD_FILE, record)
@@ -555,6 +581,8 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.resume and args.force:
         raise UserError("--resume continues the run in the folder, --force starts it over", "--resume --force",
                         "pass one of them")
+    if logger_problem(args.logger):
+        raise UserError(logger_problem(args.logger))
 
 
 def on_main_rank(fn):

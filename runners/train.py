@@ -182,7 +182,8 @@ class Trainer:
                  log: Callable[[str], None] = print, stop_after: int | None = None,
                  sampler_factory: Callable[..., Sampler] | None = None, compile: bool = False,
                  numerics: Numerics | None = None, validate: Callable[[int], float] | None = None,
-                 should_stop: Callable[[], bool] | None = None):
+                 should_stop: Callable[[], bool] | None = None,
+                 on_log: Callable[[dict[str, Any]], None] | None = None):
         self.method, self.recipe, self.dataset = method, recipe, dataset
         # precision of the forward pass (default: the harmonised bf16, i.e. autocast on CUDA only)
         self.numerics = numerics or resolve_numerics("bf16", device)
@@ -190,6 +191,7 @@ class Trainer:
         self.validate = validate if recipe.select_interval else None
         self.selection: dict[str, Any] = {"interval": recipe.select_interval, "best_iteration": None,
                                           "best_miou": None, "checkpoint": "checkpoints/best.pt", "history": []}
+        self.on_log = on_log  # gets every train_log.jsonl line on the main rank (runners.loggers)
         self.compile = compile  # torch.compile the training step (graph breaks at the host-side matching)
         # same signature as DeterministicSampler (e.g. a bound datasets.sampling.RareClassSampler); its
         # stream must be a pure function of (seed, global sample index) for exact resume
@@ -312,6 +314,7 @@ class Trainer:
         t0 = time.perf_counter()
         losses: dict[str, Tensor] = {}
         iteration = start
+        last_logged = (start, t0)  # for it/s between log lines
         for batch in loader:
             for g in optimizer.param_groups:
                 g["lr"] = lr_factor(recipe, iteration, g["initial_lr"])
@@ -332,12 +335,18 @@ class Trainer:
             if iteration % recipe.log_interval == 0 or iteration == recipe.iterations or iteration == 1:
                 logged = distributed.all_reduce_mean(torch.stack([  # DDP: mean over the global batch
                     t.detach().float().mean() for t in (total, *losses.values())])).tolist()
+                now = time.perf_counter()
                 entry = {"iteration": iteration, "loss": logged[0], **dict(zip(losses, logged[1:])),
-                         "lr": optimizer.param_groups[0]["lr"], "time": time.perf_counter() - t0}
+                         "lr": optimizer.param_groups[0]["lr"], "time": now - t0,
+                         "lr_groups": [g["lr"] for g in optimizer.param_groups],
+                         "it_per_s": (iteration - last_logged[0]) / max(now - last_logged[1], 1e-9)}
+                last_logged = (iteration, now)
                 if grad_norm is not None:
                     entry["grad_norm"] = float(grad_norm)
                 if dist.is_main:
                     self._append_log(entry)
+                    if self.on_log is not None:
+                        self.on_log(entry)
                 if bar is not None:
                     bar.set_postfix(loss=f"{entry['loss']:.3f}")
                 elif dist.is_main:

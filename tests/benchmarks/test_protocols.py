@@ -146,3 +146,28 @@ def test_keep_ratio_size_matches_mmseg_examples():
     assert keep_ratio_size(1512, 2016, (1024, 512)) == (512, 683)
     assert keep_ratio_size(720, 1280, (2048, 1024)) == (1024, 1820)
     assert keep_ratio_size(300, 400, None) == (300, 400)
+
+
+def test_gallery_rule_is_seeded_by_name_and_not_hashed():
+    import hashlib
+
+    from benchmarks.protocols import GallerySpec, list_protocols
+
+    names = [f"frankfurt_{i:06d}_000019" for i in range(30)]
+    rank = {n: hashlib.sha256(f"0/cityscapes/{n}".encode()).hexdigest() for n in names}
+    expected = sorted(names, key=rank.get)[:4]  # the rule written out
+    p = get_protocol("gta2cbm")
+    assert p.gallery == GallerySpec(images_per_target=4, seed=0)
+    assert p.gallery.select(names, "cityscapes") == expected
+    assert p.gallery.select(list(reversed(names)), "cityscapes") == expected  # not the loader's order
+    assert p.gallery.select(names, "bdd100k") != expected  # each target draws its own images
+    assert GallerySpec(4, seed=1).select(names, "cityscapes") != expected
+    assert get_protocol("gta2cbm", miniature=True).gallery == p.gallery
+    # not part of the hash (it changes no number) and omitted from the dict at its default
+    other = dataclasses.replace(p, gallery=GallerySpec(8, seed=3))
+    assert other.content_hash() == p.content_hash() == GTA2CBM_HASH and protocol_diff(p, other) == {}
+    assert "gallery" not in p.to_dict() and other.to_dict()["gallery"] == {"images_per_target": 8, "seed": 3}
+    assert Protocol.from_dict(other.to_dict()) == other
+    assert all("gallery" not in get_protocol(n, variant=v).to_dict() for n in list_protocols() for v in list_variants(n))
+    with pytest.raises(ValueError, match="images_per_target"):
+        GallerySpec(images_per_target=-1)

@@ -49,8 +49,10 @@ def _confusions(rng: np.random.Generator, n_images: int, quality: float, num_cla
 def write_fake_run(root: Path, method: str, backbone: str, *, seed: int = 0, quality: float = 0.7,
                    protocol: Protocol | None = None, benchmark: str = "real", trainable: int = 1_000_000,
                    n_images: int = 10, device: str = "cuda", created: str = "2026-11-23T15:00:00+00:00",
-                   iterations: int = 100, run_suffix: str = "", hours: float = 1.0) -> Path:
-    """Write ``<root>/<run_id>/result.json`` and its ``eval/confusion_<split>.npz`` files; returns the record path."""
+                   iterations: int = 100, run_suffix: str = "", hours: float = 1.0,
+                   artifacts: bool = False) -> Path:
+    """Write ``<root>/<run_id>/result.json`` and its ``eval/confusion_<split>.npz`` files; returns the record path.
+    ``artifacts``: also the gallery predictions (:func:`write_fake_gallery`) and a ``train_log.jsonl``."""
     miniature = benchmark == "miniature"
     protocol = protocol or get_protocol("gta2cbm", miniature=miniature)
     phash = protocol.content_hash()
@@ -94,17 +96,49 @@ def write_fake_run(root: Path, method: str, backbone: str, *, seed: int = 0, qua
                     "mean_rpd": 100 * mean / ref["miou"], "rpd_definition": "rPD = 100 * target / source"},
         "timings": {"total_s": total_s, "eval_s": 60.0, "train_s": total_s - 60},
     }
+    if artifacts:
+        for key in targets:
+            targets[key]["gallery"] = write_fake_gallery(folder, key, shift=round(20 * (1 - quality)))
+        log = [{"iteration": it, "loss": 3.0 / it ** 0.5, "loss_ce": 1.0 / it ** 0.5, "loss_dice": 2.0 / it ** 0.5,
+                "lr": 1e-4 * (1 - it / (iterations + 1)), "lr_groups": [1e-4 * (1 - it / (iterations + 1)),
+                                                                    1e-5 * (1 - it / (iterations + 1))],
+                "time": 0.5 * it, "it_per_s": 2.0, "grad_norm": 0.5 + 1.0 / it} for it in range(1, iterations + 1, 10)]
+        (folder / "train_log.jsonl").write_text("".join(json.dumps(e) + "\n" for e in log))
     (folder / "result.json").write_text(json.dumps(record, indent=1))
     return folder / "result.json"
 
 
-def write_fixture_set(root: Path, *, seeds=(0, 1), with_flip: bool = True, with_miniature: bool = True) -> list[Path]:
+GALLERY_SHAPE = (48, 96)  # (h, w) of the fake gallery images
+
+
+def write_fake_gallery(folder: Path, key: str, *, shift: int, n: int = 2) -> dict[str, Any]:
+    """Gallery files of target ``key`` as runners.run saves them: ground truth sky (10) over road (0) at the
+    horizon row 24 with a car (13) block; the prediction moves the horizon down by ``shift`` rows."""
+    import torch
+
+    from benchmarks.predictions import save_gallery_item
+
+    names = [f"{key}_{i:04d}" for i in range(n)]
+    h, w = GALLERY_SHAPE
+    for name in names:
+        gt = torch.zeros(h, w, dtype=torch.long)
+        gt[:24] = 10
+        gt[30:40, 10:30] = 13
+        pred = torch.zeros(h, w, dtype=torch.long)
+        pred[:24 + shift] = 10
+        image = torch.linspace(0, 255, w).expand(3, h, w).clone()
+        save_gallery_item(folder / "predictions" / key, name, image, gt, pred)
+    return {"dir": f"predictions/{key}", "images": names}
+
+
+def write_fixture_set(root: Path, *, seeds=(0, 1), with_flip: bool = True, with_miniature: bool = True,
+                      artifacts: bool = False) -> list[Path]:
     """A small set: 3 methods x seeds on real gta2cbm, one flipped-protocol run, one city2bm run, miniature runs."""
     paths = []
     for method, backbone, q, trainable, hours in FIXTURE_METHODS:
         for seed in seeds:
             paths.append(write_fake_run(root / "real", method, backbone, seed=seed, quality=q + 0.01 * seed,
-                                        trainable=trainable, hours=hours))
+                                        trainable=trainable, hours=hours, artifacts=artifacts))
     paths.append(write_fake_run(root / "real", "rein", "dinov2_vitl14", seed=0, quality=0.82, trainable=2_990_000,
                                 protocol=get_protocol("city2bm")))
     if with_flip:
@@ -122,6 +156,15 @@ def fixture_runs(tmp_path: Path) -> Path:
     """tmp_path/runs holding the fixture result records."""
     root = tmp_path / "runs"
     write_fixture_set(root)
+    return root
+
+
+@pytest.fixture
+def artifact_runs(tmp_path: Path) -> Path:
+    """tmp_path/runs: one seed of the fixture methods on real gta2cbm and city2bm, with gallery predictions
+    and training logs (what reports.run and reports.gallery read)."""
+    root = tmp_path / "runs"
+    write_fixture_set(root, seeds=(0,), with_flip=False, with_miniature=False, artifacts=True)
     return root
 
 

@@ -84,3 +84,17 @@ def test_leaderboard_in_headless_chromium(fixture_csv, tmp_path):
                   if c["attrs"].get("data-col") == final.group(1)]
         assert values == sorted(values, reverse=True)
     assert 'data-open="pc-' in result.dom  # a drill-down panel is open with its per-class table
+
+
+def test_average_column_names_targets_that_share_an_initial(tmp_path, write_run):
+    from benchmarks.protocols import get_protocol
+    from reports.aggregate import AggregateOptions, merge_into_csv
+    from reports.reported import avg_label
+    from runners.records import load_records
+
+    assert avg_label(["Cityscapes", "BDD100K", "Mapillary"]) == "Avg(C/B/M)"  # the papers' header, kept
+    assert avg_label(["BDD100K", "Mapillary", "acdc"]) == "Avg(B/M/A)"
+    write_run(tmp_path / "runs", "rein", "dinov2_vitl14", protocol=get_protocol("city2acdc"))
+    rows = merge_into_csv(tmp_path / "lb.csv", load_records(tmp_path / "runs"), AggregateOptions(resamples=0))
+    html = render_html(rows)
+    assert "Avg(acdc-fog/night/rain/snow)" in html and "A/A/A/A" not in html

@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from benchmarks.predictions import prediction_files, read_palette_png, split_image_names
+from benchmarks.protocols import Protocol, load_split
+
+from datasets.base import DatasetLayoutError
 from datasets.loaders import build_dataset
 from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.registry import create_method
 from reports.leaderboard import main as leaderboard_main
 from runners.run import main as run_main
+from runners.loggers import loss_names, read_event_scalars
 from runners.train import Trainer
 
 
@@ -128,6 +133,28 @@ def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
     assert record["protocol_hash"] == record["spec"]["protocol_hash"]
     assert record["environment"]["packages"]["torch"]
     assert record["params"]["trainable"] > 0 and record["train"]["iterations"] == 3
+
+    # the protocol's gallery images: same names as the seeded rule picks, palette PNGs at the label size
+    protocol = Protocol.from_dict(record["spec"]["protocol"])
+    for key, value in record["results"]["targets"].items():
+        gallery = value["gallery"]
+        names = split_image_names(load_split(protocol.split(key), mini_root))
+        assert gallery["images"] == protocol.gallery.select(names, key) and len(gallery["images"]) == 4
+        for name in gallery["images"]:
+            files = prediction_files(out / gallery["dir"], name)
+            pred, gt = read_palette_png(files["pred"]), read_palette_png(files["gt"])
+            assert pred.shape == gt.shape and set(np.unique(pred)) <= set(range(19))
+            assert np.isin(gt, list(range(19)) + [255]).all()
+    assert "gallery" not in record["results"]["reference"]
+    # TensorBoard: every logged line of train_log.jsonl and the final evaluation, under the documented tags
+    assert record["logger"] == {"kind": "tensorboard", "dir": "tensorboard"}
+    scalars = read_event_scalars(out / "tensorboard")
+    lines = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [s for s, _ in scalars["train/loss"]] == [e["iteration"] for e in lines]
+    assert [v for _, v in scalars["train/loss"]] == pytest.approx([e["loss"] for e in lines], rel=1e-6)
+    named = {f"train/{k}" for k in loss_names(lines[0])}
+    assert named and named | {"lr/group0", "train/it_per_s"} <= set(scalars)
+    assert scalars["eval/cityscapes/mIoU"] == [(3, pytest.approx(record["results"]["targets"]["cityscapes"]["miou"]))]
 
     assert leaderboard_main([str(tmp_path)]) == 0
     table = capsys.readouterr().out
