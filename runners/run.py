@@ -35,7 +35,8 @@ from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.base import Method, TrainRecipe
 from methods.backbones.vit import set_grad_checkpointing
 from methods.registry import get_method_class, list_methods
-from methods.weights import default_hash_cache, weights_dir_from
+from methods.released import get_released
+from methods.weights import cached_sha256, default_hash_cache, weights_dir_from
 from runners.records import RECORD_FILE, RECORD_SCHEMA, content_hash, environment, now_iso, write_json_atomic
 from runners import distributed
 from runners.train import Trainer
@@ -43,6 +44,7 @@ from runners.train import Trainer
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"
 PATH_KEYS = ("data_root", "weights_dir", "out", "datasets")  # machine/data-specific: not part of the spec hash
 BOOKKEEPING_RECIPE_KEYS = ("checkpoint_interval", "log_interval", "source")  # do not change results
+PROFILES = ("harmonised", "released")  # shared/specs/decisions.md, "Profiles"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -74,6 +76,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="resume from <out>/checkpoints/last.pt")
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="weights to evaluate with --eval-only")
+    parser.add_argument("--released", default=None, metavar="ID",
+                        help="evaluate the released checkpoint ID (python -m runners.released list) from the weights "
+                             "folder; implies --eval-only")
+    parser.add_argument("--profile", default="harmonised", choices=PROFILES,
+                        help="harmonised (default: comparable across methods, bf16 on GPU) or released (what the "
+                             "official repository runs: fp32)")
     parser.add_argument("--no-reference", action="store_true", help="skip the rPD reference split")
     parser.add_argument("--export", action="store_true",
                         help="also write the predictions of the protocol's export splits (e.g. ACDC test) in the "
@@ -114,6 +122,36 @@ class ResolvedRun:
     spec_hash: str
 
 
+def usage_error(message: str) -> SystemExit:
+    """A user's mistake: one line on stderr, exit code 2 (raise the returned exception)."""
+    print(f"error: {message}", file=sys.stderr)
+    return SystemExit(2)
+
+
+def resolve_released(args: argparse.Namespace, method: str, backbone: str, weights_dir: Path | None) -> dict[str, Any]:
+    """``--released ID``: the registry entry's identity for the spec; sets ``--eval-only --checkpoint``."""
+    try:
+        entry = get_released(args.released)
+    except KeyError as err:
+        raise usage_error(str(err.args[0])) from None
+    if args.checkpoint:
+        raise usage_error("--released and --checkpoint name two checkpoints; pass one of them")
+    if (entry.method, entry.backbone) != (method, backbone):
+        raise usage_error(f"--released {entry.id} is a {entry.method} / {entry.backbone} checkpoint; pass "
+                          f"--method {entry.method} --backbone {entry.backbone}")
+    path = entry.locate(weights_dir)
+    if path is None and not args.dry_run:
+        where = Path(weights_dir or "<weights-dir>") / entry.path
+        raise usage_error(f"released checkpoint {entry.id} not found at {where}: download {entry.url} to that path "
+                          f"(--weights-dir or $DGSS_WEIGHTS)")
+    if path is not None and entry.sha256 and cached_sha256(path, default_hash_cache()) != entry.sha256:
+        raise usage_error(f"{path} does not have the published sha256 {entry.sha256[:16]}...: download it again "
+                          f"from {entry.url}")
+    args.eval_only, args.checkpoint = True, str(path) if path else None
+    return {"id": entry.id, "file": entry.file, "sha256_published": entry.sha256,
+            "reported_lines": list(entry.reported_lines)}
+
+
 def hashed_spec(spec: dict[str, Any]) -> dict[str, Any]:
     """The part of a spec that identifies a run: no machine paths, no logging/checkpoint cadence."""
     out = {k: v for k, v in spec.items() if k not in PATH_KEYS}
@@ -148,18 +186,24 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
                                   recipe.gta_split)
     config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
     weights_dir = weights_dir_from(args.weights_dir)
+    released = resolve_released(args, cls.name, backbone, weights_dir) if getattr(args, "released", None) else None
     spec = {
         "method": cls.name, "backbone": backbone, "scale": scale, "seed": args.seed,
         "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),
         "protocol": protocol.to_dict(), "protocol_hash": protocol.content_hash(), "miniature": miniature,
         "data_root": str(data_root), "weights_dir": str(weights_dir) if weights_dir else None,
+        "profile": getattr(args, "profile", "harmonised"),
     }
+    if released:
+        spec["released_checkpoint"] = released
     if miniature:
         # which miniature benchmark (generator version and parameters) is part of the run's identity
         manifest = json.loads((data_root / "MINIATURE.json").read_text())
         spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
     spec_hash = content_hash(hashed_spec(spec))
-    name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}-s{args.seed}-{spec_hash[:8]}"
+    mini = "-mini" if miniature else ""
+    name = (f"released-{released['id']}-{protocol.name}-{protocol.variant}{mini}-{spec_hash[:8]}" if released else
+            f"{cls.name}-{backbone}-{protocol.name}{mini}-s{args.seed}-{spec_hash[:8]}")
     out = Path(args.out) if args.out else Path("runs") / name
     spec["out"] = str(out)
     return ResolvedRun(cls, backbone, scale, config, recipe, protocol, data_root, miniature, weights_dir,
@@ -306,6 +350,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
             report = method.load_checkpoint(args.checkpoint)
             log(f"loaded {args.checkpoint}: {report.summary()}")
             train_info = {"checkpoint": str(args.checkpoint), "key_report": report.summary()}
+            if "released_checkpoint" in run.spec:
+                train_info["checkpoint_sha256"] = cached_sha256(args.checkpoint, default_hash_cache())
     else:
         aug = TrainAugmentation(crop_size=run.recipe.crop_size, **run.recipe.augmentation)
         train_set = training_dataset(run, TrainTransform(aug))
@@ -332,7 +378,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         torch.save(method.checkpoint_state_dict(), run.out / "model_final.pt")
     method.to(device).eval()
 
-    amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+    released_profile = run.spec.get("profile") == "released"  # fp32, as every official repository evaluates
+    amp_dtype = torch.bfloat16 if device.type == "cuda" and not released_profile else None
     splits = list(run.protocol.targets)
     if not args.no_reference:
         splits.append(run.protocol.reference)
@@ -365,7 +412,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
         "seed": run.seed, "pretrained": weights["pretrained"], "weights": weights,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
-        "datasets": fingerprints,
+        "datasets": fingerprints, "profile": run.spec.get("profile", "harmonised"),
+        **({"released": run.spec["released_checkpoint"]} if "released_checkpoint" in run.spec else {}),
         "timings": {"total_s": time.perf_counter() - t_start, "eval_s": eval_seconds,
                     "train_s": train_info.get("seconds")},
     }

@@ -153,14 +153,25 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
         for backbone, protocol, variant, seed in itertools.product(backbones, protocols, grid.variants, grid.seeds):
             argv = ["--method", method, "--backbone", backbone, "--protocol", protocol, "--eval-variant", variant,
                     "--seed", str(seed), *grid.run_args]
-            args = parser.parse_args(argv)
-            run = run_mod.resolve(args, log=once)
-            if run.miniature and "--data-root" not in argv:
-                argv += ["--data-root", str(run.data_root)]  # the jobs read exactly what was planned
-            labels = {"method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
-                      "variant": run.protocol.variant, "seed": seed, "miniature": run.miniature}
-            cells.setdefault(run.spec_hash, Cell(run.spec_hash, run.out.name, argv, labels))
+            cell = cell_from_argv(argv, parser, log=once)
+            cells.setdefault(cell.key, cell)
     return list(cells.values())
+
+
+def cell_from_argv(argv: list[str], parser: argparse.ArgumentParser | None = None, *,
+                   log: Callable[[str], None] = print, **labels: Any) -> Cell:
+    """The cell of one ``runners.run`` argument list, keyed by the spec hash it resolves to; ``labels`` are
+    added to the cell's labels (e.g. ``released=<checkpoint id>``)."""
+    from runners import run as run_mod
+
+    args = (parser or run_mod.build_parser()).parse_args(argv)
+    run = run_mod.resolve(args, log=log)
+    argv = list(argv)
+    if run.miniature and "--data-root" not in argv:
+        argv += ["--data-root", str(run.data_root)]  # the jobs read exactly what was planned
+    base = {"method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
+            "variant": run.protocol.variant, "seed": args.seed, "miniature": run.miniature}
+    return Cell(run.spec_hash, run.out.name, argv, {**base, **labels})
 
 
 def _plan_selftest(grid: Grid) -> list[Cell]:
@@ -614,6 +625,7 @@ RUN_PASSTHROUGH = (  # (sweep option, runners.run option, takes a value)
     ("--data-root", "--data-root", True), ("--weights-dir", "--weights-dir", True),
     ("--device", "--device", True), ("--workers", "--workers", True),
     ("--allow-random-init", "--allow-random-init", False), ("--no-reference", "--no-reference", False),
+    ("--profile", "--profile", True),
 )
 
 
@@ -735,6 +747,15 @@ def sweep_main(argv: Sequence[str]) -> int:
     stored = ExecutorSettings().merged(manifest["executor"]) if manifest["executor"] else None
     settings = _settings_from(args, stored)
     cells = plan_cells(grid)
+    return run_cells(sweep_dir, cells, settings, argv, dry_run=args.dry_run, resubmit_failed=args.resubmit_failed,
+                     wait=args.wait, poll_s=args.poll_s)
+
+
+def run_cells(sweep_dir: Path, cells: list[Cell], settings: ExecutorSettings, argv: Sequence[str], *,
+              dry_run: bool = False, resubmit_failed: bool = False, wait: bool = False, poll_s: float = 5.0) -> int:
+    """Submit the cells of ``sweep_dir`` that are not done (nor queued/running; failed ones only with
+    ``resubmit_failed``), print the plan and the states; the exit code of a sweep command."""
+    manifest = load_manifest(sweep_dir)
     # the state of cells this folder already knows
     known = {**manifest["cells"]}
     for c in cells:
@@ -749,7 +770,7 @@ def sweep_main(argv: Sequence[str]) -> int:
             action = "skip: done"
         elif st.state in ("pending", "running", "unknown"):
             action = f"skip: {st.state} (job {st.job_id})"
-        elif st.state == "failed" and not args.resubmit_failed:
+        elif st.state == "failed" and not resubmit_failed:
             action = "skip: failed (add --resubmit-failed)"
             skipped_failed.append(c)
         else:
@@ -761,7 +782,7 @@ def sweep_main(argv: Sequence[str]) -> int:
           f"{sum(a.startswith('skip: done') for a, _ in actions)} done, "
           f"{sum(a.startswith(('skip: pending', 'skip: running', 'skip: unknown')) for a, _ in actions)} queued "
           f"or running, {len(skipped_failed)} failed and not resubmitted")
-    if args.dry_run:
+    if dry_run:
         width = max(len(a) for a, _ in actions) if actions else 0
         for action, c in actions:
             lb = c.labels
@@ -777,9 +798,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     results = []
     for group, resume in ((fresh, False), (failed, True)):
         if group:
-            results.append(submit_cells(sweep_dir, group, settings, resume=resume, poll_s=min(args.poll_s, 0.5)))
-    if settings.executor == "slurm" and args.wait:
-        final = wait_for_cells(sweep_dir, poll_s=args.poll_s)
+            results.append(submit_cells(sweep_dir, group, settings, resume=resume, poll_s=min(poll_s, 0.5)))
+    if settings.executor == "slurm" and wait:
+        final = wait_for_cells(sweep_dir, poll_s=poll_s)
         print(format_status(final))
         return 1 if any(st.state == "failed" for st in final) else 0
     if settings.executor == "local":
