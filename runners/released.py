@@ -29,8 +29,9 @@ from typing import Any, Sequence
 from methods.released import NO_RELEASE, RELEASED_CHECKPOINTS, ReleasedCheckpoint
 from methods.weights import cached_sha256, default_hash_cache, locate, weights_dir_from
 from runners.run import DATA_ROOT_ENV, PROFILES, usage_error
-from runners.sweep import (RUN_PASSTHROUGH, Cell, ExecutorSettings, _add_executor_options, _settings_from,
-                           cell_from_argv, load_manifest, run_cells)
+from runners.sweep import (Cell, ExecutorSettings, _add_executor_options, _settings_from, add_control_options,
+                           add_passthrough_options, cell_from_argv, load_manifest, log_once, passthrough_args,
+                           run_cells)
 
 DEFAULT_OUT = Path("runs") / "released"
 EVAL_PASSTHROUGH = ("--device", "--workers", "--no-reference", "--allow-random-init")
@@ -181,16 +182,9 @@ def build_eval_parser() -> argparse.ArgumentParser:
                         "variant), or both (default)")
     p.add_argument("--only", default=None, help="comma list of checkpoint ids (default: every found one)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help="sweep folder (default: %(default)s)")
-    r = p.add_argument_group("passed to every runners.run")
-    for opt, _, takes in RUN_PASSTHROUGH:
-        if opt in EVAL_PASSTHROUGH:
-            r.add_argument(opt, default=None, action=None if takes else "store_true")
+    add_passthrough_options(p, EVAL_PASSTHROUGH)
     _add_executor_options(p)
-    c = p.add_argument_group("control")
-    c.add_argument("--dry-run", action="store_true", help="list the cells and what would be skipped; submit nothing")
-    c.add_argument("--resubmit-failed", action="store_true", help="also resubmit failed cells")
-    c.add_argument("--wait", action="store_true", help="Slurm: block until every cell has finished")
-    c.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
+    add_control_options(p)
     return p
 
 
@@ -216,24 +210,9 @@ def plan_released_cells(args: argparse.Namespace, log=print) -> list[Cell]:
     if not found:
         raise usage_error(f"no evaluable released checkpoint found under {weights_dir} (python -m runners.released "
                           f"list --weights-dir {weights_dir} shows where each file goes)")
-    run_args: list[str] = []
-    if args.data_root:
-        run_args += ["--data-root", str(Path(args.data_root).absolute())]
-    for opt, run_opt, takes in RUN_PASSTHROUGH:
-        if opt in EVAL_PASSTHROUGH:
-            value = getattr(args, opt.lstrip("-").replace("-", "_"))
-            if takes and value is not None:
-                run_args += [run_opt, str(value)]
-            elif not takes and value:
-                run_args.append(run_opt)
+    run_args = passthrough_args(args, ("--data-root", *EVAL_PASSTHROUGH))
     profiles = PROFILES if args.profile == "both" else (args.profile,)
-    messages: list[str] = []
-
-    def once(msg: str) -> None:
-        if msg not in messages:
-            messages.append(msg)
-            log(msg)
-
+    once = log_once(log)
     cells: dict[str, Cell] = {}
     for argv, entry, profile in eval_argvs(found, profiles, weights_dir, run_args, log=once):
         cell = cell_from_argv(argv, log=once, released=entry.id, profile=profile)

@@ -131,13 +131,7 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
                 raise SystemExit(f"error: protocol {p} has no evaluation variant {v!r}; "
                                  f"variants: {', '.join(list_variants(p))}")
     parser = run_mod.build_parser()
-    messages: list[str] = []
-
-    def once(msg: str) -> None:
-        if msg not in messages:
-            messages.append(msg)
-            log(msg)
-
+    once = log_once(log)
     cells: dict[str, Cell] = {}
     for method in methods:
         supported = get_method_class(method).backbones
@@ -156,6 +150,18 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
             cell = cell_from_argv(argv, parser, log=once)
             cells.setdefault(cell.key, cell)
     return list(cells.values())
+
+
+def log_once(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, but each distinct message only once (planning resolves many cells that say the same thing)."""
+    seen: set[str] = set()
+
+    def once(msg: str) -> None:
+        if msg not in seen:
+            seen.add(msg)
+            log(msg)
+
+    return once
 
 
 def cell_from_argv(argv: list[str], parser: argparse.ArgumentParser | None = None, *,
@@ -696,18 +702,31 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of backbones, or 'all' (default: each method's paper backbone)")
     g.add_argument("--seeds", default="1", help="a count (3 = seeds 0,1,2), a list (0,4,7) or a range (5:8)")
     g.add_argument("--out", default=None, help="sweep folder (default: runs/sweeps/sweep-<grid hash>)")
-    r = p.add_argument_group("passed to every runners.run")
-    for opt, _, takes in RUN_PASSTHROUGH:
-        r.add_argument(opt, default=None, action=None if takes else "store_true")
+    r = add_passthrough_options(p)
     r.add_argument("--run-args", default="", help="further runners.run arguments, one quoted string")
     _add_executor_options(p)
+    c = add_control_options(p)
+    c.add_argument("--selftest", action="store_true", help=argparse.SUPPRESS)  # SelfTestJob cells (tests)
+    return p
+
+
+def add_passthrough_options(p: argparse.ArgumentParser, options: Sequence[str] | None = None):
+    """The :data:`RUN_PASSTHROUGH` options (only ``options`` when given), as one argument group."""
+    r = p.add_argument_group("passed to every runners.run")
+    for opt, _, takes in RUN_PASSTHROUGH:
+        if options is None or opt in options:
+            r.add_argument(opt, default=None, action=None if takes else "store_true")
+    return r
+
+
+def add_control_options(p: argparse.ArgumentParser):
+    """--dry-run, --resubmit-failed, --wait (the arguments of :func:`run_cells`), as one argument group."""
     c = p.add_argument_group("control")
     c.add_argument("--dry-run", action="store_true", help="list the cells and what would be skipped; submit nothing")
     c.add_argument("--resubmit-failed", action="store_true", help="also resubmit failed cells (they resume)")
     c.add_argument("--wait", action="store_true", help="Slurm: block until every cell has finished")
     c.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
-    c.add_argument("--selftest", action="store_true", help=argparse.SUPPRESS)  # SelfTestJob cells (tests)
-    return p
+    return c
 
 
 def build_status_parser() -> argparse.ArgumentParser:
@@ -722,9 +741,13 @@ def build_status_parser() -> argparse.ArgumentParser:
     return p
 
 
-def grid_from_args(args: argparse.Namespace) -> Grid:
+def passthrough_args(args: argparse.Namespace, options: Sequence[str] | None = None) -> list[str]:
+    """The ``runners.run`` arguments of the :data:`RUN_PASSTHROUGH` options set in ``args`` (only ``options``
+    when given); folders made absolute, so the jobs read what was planned wherever they start."""
     run_args: list[str] = []
     for opt, run_opt, takes in RUN_PASSTHROUGH:
+        if options is not None and opt not in options:
+            continue
         value = getattr(args, opt.lstrip("-").replace("-", "_"))
         if takes and value is not None:
             if opt in ("--data-root", "--weights-dir"):
@@ -732,7 +755,11 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
             run_args += [run_opt, str(value)]
         elif not takes and value:
             run_args.append(run_opt)
-    run_args += shlex.split(args.run_args)
+    return run_args
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    run_args = passthrough_args(args) + shlex.split(args.run_args)
     return Grid(methods=_split(args.methods), protocols=_split(args.protocols), variants=_split(args.eval_variants),
                 backbones=_split(args.backbones), seeds=parse_seeds(args.seeds), run_args=run_args,
                 kind="selftest" if args.selftest else "run")
