@@ -90,7 +90,8 @@ class ReleasedCheckpoint:
 
 
 def _rein(id, backbone, source, release, file, needs, evaluations, lines, facts, note="") -> ReleasedCheckpoint:
-    return ReleasedCheckpoint(id, "rein", backbone, source, file, release, f"{REIN_RELEASES}/{quote(release, safe='()')}/{file}",
+    url = f"{REIN_RELEASES}/{quote(release, safe='()')}/{file}"
+    return ReleasedCheckpoint(id, "rein", backbone, source, file, release, url,
                               needs, evaluations, lines, (REIN_README, *facts), note=note)
 
 

@@ -13,8 +13,8 @@ The CSV has two kinds of rows (column ``kind``):
   over targets (the papers' Avg. column).
 - ``released``: the same, for evaluations of a checkpoint the authors released (``runners.released``;
   column ``checkpoint`` holds its id, ``profile`` the profile). Its paper number is the one the release
-  names (the registry's ``reported.csv`` lines). :func:`three_column_view` puts published, released and
-  retrained numbers side by side per cell.
+  names (the registry's ``reported.csv`` lines). :func:`reports.released.three_column_view` puts published,
+  released and retrained numbers side by side per cell.
 
 Merging is idempotent and order-independent: each reproduced row keeps a ledger of its runs
 (``seed_values``, one entry per run id with the values and the record/confusion paths relative to the CSV);
@@ -366,8 +366,10 @@ def aggregate_rows(ledgers: dict[tuple, dict[str, Any]], previous: dict[tuple, d
                 for c in ("miou_ci_low", "miou_ci_high", "ci_level", "ci_resamples"):
                     row[c] = prev.get(c, "")
         if row["benchmark"] == "real":
-            matches = (_release_matches(ident.get("reported_lines", ""), row["target"], cells) if row["kind"] == "released"
-                       else reported_matches(row["method_id"], row["backbone_id"], row["source"], row["target"], cells))
+            if row["kind"] == "released":  # the numbers the release itself names
+                matches = _release_matches(ident.get("reported_lines", ""), row["target"], cells)
+            else:
+                matches = reported_matches(row["method_id"], row["backbone_id"], row["source"], row["target"], cells)
             if matches:
                 best = matches[0]
                 row["reported_miou"], row["reported_ref"] = best.text, best.reference

@@ -5,6 +5,8 @@ and the method's CPU-sized configuration; with one, the paper recipe at real sca
 result record (``<out>/result.json``) with the full resolved spec and the fingerprints of the dataset splits
 it used (``datasets``: ``{"<dataset>/<split>": fingerprint}``, see ``datasets.fingerprint``). ``--export``
 also writes the predictions of the protocol's export splits (ACDC test) in the server's submission format.
+``--released ID`` evaluates a checkpoint of :mod:`methods.released` from the weights folder (its identity is
+part of the spec hash); ``--profile released`` evaluates in fp32 as the official repositories do.
 """
 
 from __future__ import annotations
