@@ -11,6 +11,10 @@ The CSV has two kinds of rows (column ``kind``):
   bootstrap CI from the per-image confusion matrices, rPD, trainable parameters, GPU-hours, the matched
   paper number (real-data rows only) and the delta to it. A target ``Avg(C/B/M)`` row holds the plain mean
   over targets (the papers' Avg. column).
+- ``released``: the same, for evaluations of a checkpoint the authors released (``runners.released``;
+  column ``checkpoint`` holds its id, ``profile`` the profile). Its paper number is the one the release
+  names (the registry's ``reported.csv`` lines). :func:`reports.released.three_column_view` puts published,
+  released and retrained numbers side by side per cell.
 
 Merging is idempotent and order-independent: each reproduced row keeps a ledger of its runs
 (``seed_values``, one entry per run id with the values and the record/confusion paths relative to the CSV);
@@ -79,7 +83,7 @@ COLUMNS: tuple[str, ...] = (
     "reported_miou", "reported_ref", "reported_source", "reported_alternatives",
     "miou_mean", "miou_std", "n_seeds", "seeds", "miou_ci_low", "miou_ci_high", "ci_level", "ci_resamples",
     "delta_vs_reported", "rpd_mean", "rpd_std", "source_miou", "rank", "rank_group",
-    "trainable_params", "total_params", "gpu_hours", "run_ids", "code_commits",
+    "trainable_params", "total_params", "gpu_hours", "run_ids", "code_commits", "checkpoint",
     "per_class_iou", "protocol_settings", "seed_values",
 )
 """Column order of leaderboard.csv (the last three hold JSON; ``per_class_iou`` in Cityscapes class order)."""
@@ -89,8 +93,9 @@ MINIATURE_CSV = "leaderboard_miniature.csv"
 
 RECIPE_BOOKKEEPING = ("checkpoint_interval", "log_interval", "source")
 _CLASS_ORDER = {c: i for i, c in enumerate(CITYSCAPES_CLASSES)}
-GROUP_FIELDS = ("benchmark", "method_id", "backbone_id", "protocol", "variant", "profile", "protocol_hash",
-                "config_hash", "pretrained")
+GROUP_FIELDS = ("kind", "benchmark", "method_id", "backbone_id", "protocol", "variant", "protocol_hash", "config_hash",
+                "pretrained", "profile", "checkpoint")
+ROW_KINDS = ("reproduced", "released")  # rows aggregated from result records (the others are "reported")
 
 
 class NotComparableError(ValueError):
@@ -142,7 +147,10 @@ def _bool(v: Any) -> str:
 def _config_hash(record: dict[str, Any]) -> str:
     spec = record.get("spec") or {}
     recipe = {k: v for k, v in (spec.get("recipe") or {}).items() if k not in RECIPE_BOOKKEEPING}
-    return content_hash({"model": spec.get("model"), "recipe": recipe, "scale": spec.get("scale")}, 8)
+    payload = {"model": spec.get("model"), "recipe": recipe, "scale": spec.get("scale")}
+    if spec.get("profile", "harmonised") != "harmonised":  # harmonised hashes stay those of older records
+        payload["profile"] = spec["profile"]
+    return content_hash(payload, 8)
 
 
 def _gpu_hours(record: dict[str, Any]) -> float | None:
@@ -178,12 +186,15 @@ def record_entries(record: dict[str, Any], csv_dir: Path) -> list[tuple[dict[str
     benchmark = record_benchmark(record)
     folder = Path(record["_path"]).parent if record.get("_path") else None
     source_key = settings["source"]["key"]
+    released = record.get("released") or {}
     base = {
+        "kind": "released" if released else "reproduced", "checkpoint": released.get("id", ""),
+        "profile": record.get("profile") or spec.get("profile") or "harmonised",  # older records: harmonised
+        "reported_lines": ";".join(map(str, released.get("reported_lines", []))),
         "benchmark": benchmark, "method_id": record["method"], "backbone_id": record["backbone"],
         "protocol": record["protocol"], "variant": record.get("eval_variant", "default"),
         "protocol_hash": record["protocol_hash"], "config_hash": _config_hash(record),
         "pretrained": _bool(record.get("pretrained")),
-        "profile": record.get("profile") or "harmonised",  # runners.profiles; older records are harmonised
         "method": method_display(record["method"]),
         "backbone": backbone_display(record["backbone"], record["method"]),
         "source": dataset_display(source_key),
@@ -197,6 +208,8 @@ def record_entries(record: dict[str, Any], csv_dir: Path) -> list[tuple[dict[str
         "gpu_hours": _r(_gpu_hours(record)),
         "commit": ((record.get("environment") or {}).get("git") or {}).get("commit"),
     }
+    if released:  # kept in the ledger: the published cells the release should reproduce
+        common["reported_lines"] = list(released.get("reported_lines", []))
     ref_miou = _r((res.get("reference") or {}).get("miou"))
     out = []
     conf_paths: dict[str, str] = {}
@@ -235,8 +248,9 @@ def reported_rows(cells: Sequence[ReportedCell] | None = None) -> list[dict[str,
 
 
 def group_key(row: dict[str, str]) -> tuple[str, ...]:
-    """The seed-aggregation group of a reproduced row (everything but the target)."""
-    return tuple(row.get(f, "") for f in GROUP_FIELDS)
+    """The seed-aggregation group of a reproduced / released row (everything but the target); rows written
+    before the ``profile`` column existed are harmonised."""
+    return tuple((row.get(f) or ("harmonised" if f == "profile" else "")) for f in GROUP_FIELDS)
 
 
 def _row_key(row: dict[str, str]) -> tuple[str, ...]:
@@ -317,7 +331,7 @@ def aggregate_rows(ledgers: dict[tuple, dict[str, Any]], previous: dict[tuple, d
         row = {c: "" for c in COLUMNS}
         row.update({k: v for k, v in ident.items() if k in COLUMNS})
         row.update({
-            "kind": "reproduced", "miou_mean": _fmt(miou_mean), "miou_std": _fmt(miou_std),
+            "kind": ident.get("kind") or "reproduced", "miou_mean": _fmt(miou_mean), "miou_std": _fmt(miou_std),
             "n_seeds": str(len(chosen)), "seeds": ";".join(str(e.get("seed")) for e in chosen),
             "rpd_mean": _fmt(rpd_mean), "rpd_std": _fmt(rpd_std), "source_miou": _fmt(src_mean),
             "gpu_hours": _fmt(gpu_mean, 4), "run_ids": ";".join(run_ids),
@@ -355,7 +369,10 @@ def aggregate_rows(ledgers: dict[tuple, dict[str, Any]], previous: dict[tuple, d
                 for c in ("miou_ci_low", "miou_ci_high", "ci_level", "ci_resamples"):
                     row[c] = prev.get(c, "")
         if row["benchmark"] == "real":
-            matches = reported_matches(row["method_id"], row["backbone_id"], row["source"], row["target"], cells)
+            if row["kind"] == "released":  # the numbers the release itself names
+                matches = _release_matches(ident.get("reported_lines", ""), row["target"], cells)
+            else:
+                matches = reported_matches(row["method_id"], row["backbone_id"], row["source"], row["target"], cells)
             if matches:
                 best = matches[0]
                 row["reported_miou"], row["reported_ref"] = best.text, best.reference
@@ -366,6 +383,13 @@ def aggregate_rows(ledgers: dict[tuple, dict[str, Any]], previous: dict[tuple, d
         rows[rkey] = row
     _assign_ranks(list(rows.values()))
     return [rows[k] for k in sorted(rows, key=lambda k: _sort_key(rows[k]))]
+
+
+def _release_matches(lines: str, target: str, cells: Sequence[ReportedCell]) -> list[ReportedCell]:
+    """Published cells of a released checkpoint (its registry lines, in the registry's order) for ``target``."""
+    order = [int(x) for x in lines.split(";") if x]
+    hits = [c for c in cells if c.line in order and c.target == target]
+    return sorted(hits, key=lambda c: (order.index(c.line), c.origin != "row"))
 
 
 def _target_position(row: dict[str, str]) -> int:
@@ -379,13 +403,14 @@ def _target_position(row: dict[str, str]) -> int:
 
 def _sort_key(row: dict[str, str]) -> tuple:
     return (row["benchmark"] != "real", row["benchmark"], row["protocol"], row["variant"] != "default",
-            row["variant"], row.get("profile", ""), row["protocol_hash"], row["method"], row["backbone"], row["config_hash"],
-            row["pretrained"], _target_position(row), row["target"])
+            row["variant"], row.get("profile", ""), row["protocol_hash"], row["method"], row["backbone"], row["kind"],
+            row["checkpoint"], row["config_hash"], row["pretrained"], _target_position(row), row["target"])
 
 
 def _rank_group(row: dict[str, str]) -> str:
-    return "|".join((row["benchmark"], row["protocol"], row["variant"], row["protocol_hash"], row["target"],
-                     row.get("profile") or "harmonised"))
+    profile = row.get("profile") or "harmonised"  # profiles are never ranked together (decisions.md)
+    return "|".join((row["benchmark"], row["protocol"], row["variant"], row["protocol_hash"], row["target"])
+                    + (() if profile == "harmonised" else (profile,)))
 
 
 def _assign_ranks(rows: list[dict[str, str]]) -> None:
@@ -442,7 +467,7 @@ def comparability_groups(rows: Iterable[dict[str, str]]) -> list[ComparabilityGr
     of the same benchmark and protocol name (shown side by side, marked "not comparable")."""
     groups: dict[tuple, ComparabilityGroup] = {}
     for r in rows:
-        if r.get("kind") != "reproduced":
+        if r.get("kind") not in ROW_KINDS:
             continue
         k = (r["benchmark"], r["protocol"], r["variant"], r["protocol_hash"])
         if k not in groups:
@@ -467,7 +492,7 @@ def rank_rows(rows: Sequence[dict[str, str]], value: str = "miou_mean") -> list[
     rows = list(rows)
     if not rows:
         return []
-    bad = [r for r in rows if r.get("kind") != "reproduced" or not r.get("protocol_hash")]
+    bad = [r for r in rows if r.get("kind") not in ROW_KINDS or not r.get("protocol_hash")]
     if bad:
         raise NotComparableError(
             f"cannot rank {len(bad)} row(s) without a protocol hash (published numbers use each paper's own "
@@ -541,9 +566,12 @@ def write_leaderboard(path: Path | str, rows: Sequence[dict[str, str]]) -> bool:
 def _ledgers_from_rows(rows: Iterable[dict[str, str]]) -> dict[tuple, dict[str, Any]]:
     ledgers: dict[tuple, dict[str, Any]] = {}
     for r in rows:
-        if r.get("kind") != "reproduced" or not r.get("seed_values"):
+        if r.get("kind") not in ROW_KINDS or not r.get("seed_values"):
             continue
-        ident = {k: r[k] for k in (*GROUP_FIELDS, "method", "backbone", "source", "target", "protocol_settings")}
+        ident = {k: r[k] for k in ("method", "backbone", "source", "target", "protocol_settings")}
+        ident.update(zip(GROUP_FIELDS, group_key(r)))
+        ident["reported_lines"] = ";".join(
+            str(x) for x in ((json.loads(r["seed_values"]) or [{}])[-1].get("reported_lines") or []))
         try:
             keys = {dataset_display(k): k for k in _protocol_targets(json.loads(r["protocol_settings"]))}
         except (ValueError, TypeError):
@@ -571,13 +599,13 @@ def merge_into_csv(csv_path: Path | str, records: Sequence[dict[str, Any]],
     csv_dir = csv_path.parent if str(csv_path.parent) else Path(".")
     existing = read_leaderboard(csv_path)
     if benchmark is not None:
-        dropped = [r for r in existing if r.get("kind") == "reproduced" and r.get("benchmark") != benchmark]
+        dropped = [r for r in existing if r.get("kind") in ROW_KINDS and r.get("benchmark") != benchmark]
         if dropped:
             print(f"warning: {csv_path}: dropping {len(dropped)} row(s) that are not {benchmark}-benchmark "
                   "results", file=sys.stderr)
             existing = [r for r in existing if r not in dropped]
         records = [r for r in records if record_benchmark(r) == benchmark]
-    previous = {_row_key(r): r for r in existing if r.get("kind") == "reproduced"}
+    previous = {_row_key(r): r for r in existing if r.get("kind") in ROW_KINDS}
     ledgers = _ledgers_from_rows(existing)
     for record in sorted(records, key=lambda r: (r.get("run_id", ""), r.get("_path", ""))):
         try:

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from reports.aggregate import comparability_groups, describe_diff, read_leaderboard
+from reports.released import FLAG_MIOU, HEADER as RELEASED_HEADER, table_rows, three_column_view
 from reports.reported import avg_label, dataset_display
 
 __all__ = ["build_context", "render_html", "write_html", "find_chromium", "chromium_selftest", "SelfTestResult",
@@ -90,7 +91,8 @@ def _group_model(group, index: int) -> dict[str, Any]:
     columns = targets + [avg]
     by_entry: dict[tuple, dict[str, dict[str, str]]] = {}
     for r in group.rows:
-        by_entry.setdefault((r["method"], r["backbone"], r["config_hash"], r["pretrained"]), {})[r["target"]] = r
+        method = r["method"] + (f" (released {r['checkpoint']})" if r.get("kind") == "released" else "")
+        by_entry.setdefault((method, r["backbone"], r["config_hash"], r["pretrained"]), {})[r["target"]] = r
     configs: dict[tuple, set] = {}
     for m, b, c, p in by_entry:
         configs.setdefault((m, b, p), set()).add(c)
@@ -158,6 +160,8 @@ def build_context(rows: Sequence[dict[str, str]], *, source: str = "leaderboard.
         "published": published,
         "n_reproduced": sum(r["kind"] == "reproduced" for r in rows),
         "n_published": len(published),
+        "released_view": {"header": RELEASED_HEADER, "rows": table_rows(three_column_view(rows)),
+                          "flag": f"{FLAG_MIOU:g}"},
     }
 
 

@@ -5,7 +5,9 @@ a column in bold and the second underlined, a provenance mark on every cell (a l
 for an average computed here because the source printed none) and a per-cell provenance list (Markdown) or
 per-row comment (LaTeX) naming the reference and the ``reported.csv`` line. ``--ours leaderboard.csv``
 puts our reproduced numbers (mean ± std over seeds, protocol variant) and the delta to the paper beside each
-cell; best/second marks always refer to the published numbers.
+cell, preceded by the released checkpoint re-evaluated (``kind=released`` rows, ``runners.released``) where
+there is one: published | released | retrained, each delta beyond 1.0 mIoU marked ``[|Δ|>1]``;
+best/second marks always refer to the published numbers.
 
 The tables hold exactly the published cells of their reference (``reports/reported.csv`` and its note
 transcriptions). ``reported.csv`` does not record the published row order, so rows are grouped by backbone.
@@ -23,7 +25,7 @@ from pathlib import Path
 from reports.reported import ReportedCell, harness_names, load_reported, reference_text
 
 __all__ = ["Column", "AvgColumn", "Row", "TableSpec", "Cell", "Table", "TABLES", "build_table", "render_markdown",
-           "render_latex", "load_ours", "main"]
+           "render_latex", "load_ours", "load_released", "main"]
 
 
 @dataclass(frozen=True)
@@ -241,7 +243,8 @@ def _marker(cell: ReportedCell) -> str:
 
 
 def build_table(name_or_spec: str | TableSpec, cells: Sequence[ReportedCell] | None = None,
-                ours: dict[tuple, dict[str, str]] | None = None) -> Table:
+                ours: dict[tuple, dict[str, str]] | None = None,
+                released: dict[tuple, dict[str, str]] | None = None) -> Table:
     """Fill a table's cells from the published numbers (and optionally our reproduced rows)."""
     spec = TABLES[name_or_spec] if isinstance(name_or_spec, str) else name_or_spec
     cells = load_reported() if cells is None else list(cells)
@@ -275,8 +278,8 @@ def build_table(name_or_spec: str | TableSpec, cells: Sequence[ReportedCell] | N
         table_cells.append(out)
     _mark_best(table_cells)
     table = Table(spec, table_cells, letters)
-    if ours:
-        _attach_ours(table, ours)
+    if ours or released:
+        _attach_ours(table, ours or {}, released or {})
     return table
 
 
@@ -290,18 +293,33 @@ def _mark_best(cells: list[list[Cell]]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ours
-def load_ours(csv_path: Path | str, benchmark: str = "real") -> dict[tuple, dict[str, str]]:
-    """Reproduced rows of a leaderboard.csv keyed by (method_id, backbone_id, variant, source, target)."""
+def load_ours(csv_path: Path | str, benchmark: str = "real", kind: str = "reproduced") -> dict[tuple, dict[str, str]]:
+    """Reproduced (or ``kind``) rows of a leaderboard.csv keyed by (method_id, backbone_id, variant, source,
+    target), the most seeds first."""
     from reports.aggregate import read_leaderboard
 
     out: dict[tuple, dict[str, str]] = {}
-    rows = [r for r in read_leaderboard(csv_path) if r["kind"] == "reproduced" and r["benchmark"] == benchmark]
+    rows = [r for r in read_leaderboard(csv_path) if r["kind"] == kind and r["benchmark"] == benchmark]
     for r in sorted(rows, key=lambda r: (-int(r["n_seeds"] or 0), r["protocol_hash"], r["config_hash"])):
         out.setdefault((r["method_id"], r["backbone_id"], r["variant"], r["source"], r["target"]), r)
     return out
 
 
-def _attach_ours(table: Table, ours: dict[tuple, dict[str, str]]) -> None:
+def load_released(csv_path: Path | str, benchmark: str = "real") -> dict[tuple, dict[str, str]]:
+    """Released-checkpoint rows (``kind=released``), keyed like :func:`load_ours`."""
+    return load_ours(csv_path, benchmark, kind="released")
+
+
+def _delta_text(value: str, paper: float | None) -> str:
+    if paper is None:
+        return ""
+    delta = float(value) - paper
+    return f" (Δ {delta:+.2f}{' [|Δ|>1]' if abs(delta) > 1.0 else ''})"
+
+
+def _attach_ours(table: Table, ours: dict[tuple, dict[str, str]],
+                 released: dict[tuple, dict[str, str]] | None = None) -> None:
+    """Beside each cell: the released checkpoint re-evaluated, then our retraining, each with its delta."""
     for row, out in zip(table.spec.rows, table.cells):
         names = row.ours or harness_names(row.method, row.backbone)
         if not names:
@@ -309,15 +327,17 @@ def _attach_ours(table: Table, ours: dict[tuple, dict[str, str]]) -> None:
         for col, cell in zip(table.spec.columns, out):
             target = col.target if isinstance(col, Column) else col.published_target
             variants = [v for v in (table.spec.paper_variant, "default") if v]
-            hit = next((ours[k] for v in variants
-                        if (k := (names[0], names[1], v, col.source, target)) in ours), None)
-            if hit is None or not hit.get("miou_mean"):
-                continue
-            text = hit["miou_mean"] + (f"±{hit['miou_std']}" if hit.get("miou_std") else "")
-            if cell.value is not None:
-                delta = float(hit["miou_mean"]) - cell.value
-                text += f" (Δ {delta:+.2f})"
-            cell.ours = f"ours {text} [{hit['variant']}, n={hit['n_seeds']}]"
+            parts = []
+            for label, rows in (("released", released or {}), ("ours", ours)):
+                hit = next((rows[k] for v in variants
+                            if (k := (names[0], names[1], v, col.source, target)) in rows), None)
+                if hit is None or not hit.get("miou_mean"):
+                    continue
+                text = hit["miou_mean"] + (f"±{hit['miou_std']}" if hit.get("miou_std") else "")
+                text += _delta_text(hit["miou_mean"], cell.value)
+                what = hit["checkpoint"] if label == "released" else f"n={hit['n_seeds']}"
+                parts.append(f"{label} {text} [{hit['variant']}, {what}]")
+            cell.ours = "; ".join(parts)
 
 
 # ---------------------------------------------------------------------------------------------- rendering
@@ -433,14 +453,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         print(f"error: unknown table {unknown[0]!r}; tables: {', '.join(TABLES)}", file=sys.stderr)
         return 2
-    ours = None
+    ours = released = None
     if args.ours:
         if not Path(args.ours).is_file():
             print(f"error: {args.ours} not found (build it with python -m reports.aggregate)", file=sys.stderr)
             return 2
         ours = load_ours(args.ours, args.ours_benchmark)
+        released = load_released(args.ours, args.ours_benchmark)
     for name in names:
-        table = build_table(name, ours=ours)
+        table = build_table(name, ours=ours, released=released)
         outputs = []
         if args.format in ("md", "both"):
             outputs.append(("md", render_markdown(table, cell_notes=not args.no_cell_notes)))

@@ -9,7 +9,8 @@ also writes the predictions of the protocol's export splits (ACDC test) in the s
 Before any model is built, ``runners.preflight`` checks weights, checkpoint, data and the output folder, and
 ``runners.outdir`` guards the run folder (one live run, finished runs skipped, started runs resumed only with
 ``--resume``). Mistakes are one line with exit code 2. Heavy modules (torch, the methods) are imported after
-the arguments are parsed, so ``--help`` and argument errors answer at once.
+the arguments are parsed, so ``--help`` and argument errors answer at once. ``--released ID`` evaluates a
+checkpoint of :mod:`methods.released` from the weights folder (its identity is part of the spec hash).
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def build_parser() -> argparse.ArgumentParser:
                              "<out>/superseded/<time>/, never deleted")
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate --checkpoint")
     parser.add_argument("--checkpoint", default=None, help="weights to evaluate with --eval-only")
+    parser.add_argument("--released", default=None, metavar="ID",
+                        help="evaluate the released checkpoint ID (python -m runners.released list) from the weights "
+                             "folder; implies --eval-only")
     parser.add_argument("--eval-untrained", action="store_true",
                         help="with --eval-only and no --checkpoint: evaluate the untrained model on purpose")
     parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
@@ -149,6 +153,33 @@ class ResolvedRun:
     profile: str = DEFAULT_PROFILE
     precision: str = HARMONISED_RUN["precision"]
     notes: tuple[str, ...] = ()  # official-code findings of the profile (printed and recorded)
+
+
+def resolve_released(args: argparse.Namespace, method: str, backbone: str, weights_dir: Path | None) -> dict[str, Any]:
+    """``--released ID``: the registry entry's identity for the spec; sets ``--eval-only --checkpoint``."""
+    from methods.released import get_released
+    from methods.weights import cached_sha256, default_hash_cache
+
+    try:
+        entry = get_released(args.released)
+    except KeyError as err:
+        raise UserError(str(err.args[0]), "--released", "python -m runners.released list names them") from None
+    if args.checkpoint:
+        raise UserError("--released and --checkpoint name two checkpoints", "--released", "pass one of them")
+    if (entry.method, entry.backbone) != (method, backbone):
+        raise UserError(f"--released {entry.id} is a {entry.method} / {entry.backbone} checkpoint", "--released",
+                        f"pass --method {entry.method} --backbone {entry.backbone}")
+    path = entry.locate(weights_dir)
+    if path is None and not args.dry_run:
+        where = Path(weights_dir or "<weights-dir>") / entry.path
+        raise UserError(f"released checkpoint {entry.id} not found", where,
+                        f"download {entry.url} to that path (--weights-dir or $DGSS_WEIGHTS)")
+    if path is not None and entry.sha256 and cached_sha256(path, default_hash_cache()) != entry.sha256:
+        raise UserError(f"the file does not have the published sha256 {entry.sha256[:16]}...", path,
+                        f"download it again from {entry.url}")
+    args.eval_only, args.checkpoint = True, str(path) if path else None
+    return {"id": entry.id, "file": entry.file, "sha256_published": entry.sha256,
+            "reported_lines": list(entry.reported_lines)}
 
 
 def hashed_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -210,13 +241,18 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
     }
     if recipe_origin:
         spec["recipe_origin"] = recipe_origin
+    released = resolve_released(args, cls.name, backbone, weights_dir) if getattr(args, "released", None) else None
+    if released:
+        spec["released_checkpoint"] = released
     if miniature:
         # which miniature benchmark (generator version and parameters) is part of the run's identity
         manifest = json.loads((data_root / "MINIATURE.json").read_text())
         spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
     spec_hash = content_hash(hashed_spec(spec))
     tag = "" if profile == DEFAULT_PROFILE else f"-{profile}"
-    name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}{tag}-s{seed}-{spec_hash[:8]}"
+    mini = "-mini" if miniature else ""
+    name = (f"released-{released['id']}-{protocol.name}-{protocol.variant}{mini}{tag}-{spec_hash[:8]}" if released
+            else f"{cls.name}-{backbone}-{protocol.name}{mini}{tag}-s{seed}-{spec_hash[:8]}")
     out = Path(args.out) if args.out else Path("runs") / name
     spec["out"] = str(out)
     notes = NOTES.get(cls.name, ()) if profile == "released" else ()
@@ -415,7 +451,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     from benchmarks.predictions import PREDICTIONS_DIR
     from datasets.transforms import TrainAugmentation, TrainTransform
     from methods.backbones.vit import set_grad_checkpointing
-    from methods.weights import default_hash_cache
+    from methods.weights import cached_sha256, default_hash_cache
     from runners import distributed
     from runners.train import Trainer, atomic_torch_save
 
@@ -449,6 +485,8 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
                                 args.checkpoint, "pass a checkpoint of this method, backbone and source")
             log(f"loaded {args.checkpoint}: {report.summary()}")
             train_info = {"checkpoint": str(args.checkpoint), "key_report": report.summary()}
+            if "released_checkpoint" in run.spec:
+                train_info["checkpoint_sha256"] = cached_sha256(args.checkpoint, default_hash_cache())
         elif getattr(args, "eval_untrained", False):
             log("!! evaluating the UNTRAINED model (--eval-untrained); the record says train.untrained: true")
             train_info = {"untrained": True}
@@ -526,6 +564,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
         "spec": run.spec, "spec_hash": run.spec_hash, "params": method.parameter_summary(),
         "environment": environment(str(device)), "train": train_info, "results": results,
         "datasets": fingerprints, "logger": logger.describe(),
+        **({"released": run.spec["released_checkpoint"]} if "released_checkpoint" in run.spec else {}),
         "timings": {"total_s": time.perf_counter() - t_start, "eval_s": eval_seconds,
                     "train_s": train_info.get("seconds")},
     }
@@ -570,7 +609,7 @@ def check_arguments(args: argparse.Namespace) -> None:
     if args.eval_variant is not None and args.eval_variant not in list_variants(args.protocol):
         raise UserError(f"protocol {args.protocol} has no variant {args.eval_variant!r}", "--eval-variant",
                         f"use one of {', '.join(list_variants(args.protocol))}")
-    if args.eval_only and not args.checkpoint and not args.eval_untrained:
+    if args.eval_only and not args.checkpoint and not args.eval_untrained and not args.released:
         raise UserError(*EVAL_ONLY_WITHOUT_CHECKPOINT)
     if args.checkpoint and not args.eval_only:
         raise UserError("--checkpoint is only read by --eval-only", "--checkpoint",

@@ -132,14 +132,9 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
                 raise SystemExit(f"error: protocol {p} has no evaluation variant {v!r}; "
                                  f"variants: {', '.join(list_variants(p))}")
     parser = run_mod.build_parser()
-    messages: list[str] = []
+    once = log_once(log)
     variants: list[str | None] = list(grid.variants) or [None]  # None: the profile's variant
     seeds: list[int | None] = list(grid.seeds) or [None]  # None: the profile's seed
-
-    def once(msg: str) -> None:
-        if msg not in messages:
-            messages.append(msg)
-            log(msg)
 
     cells: dict[str, Cell] = {}
     for method in methods:
@@ -157,18 +152,40 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
             argv = ["--method", method, "--backbone", backbone, "--protocol", protocol,
                     *(["--eval-variant", variant] if variant is not None else []),
                     *(["--seed", str(seed)] if seed is not None else []), *grid.run_args]
-            args = parser.parse_args(argv)
             try:
-                run = run_mod.resolve(args, log=once)
+                cell = cell_from_argv(argv, parser, log=once)
             except UsageError as exc:
                 raise SystemExit(f"error: {exc}") from None
-            if run.miniature and "--data-root" not in argv:
-                argv += ["--data-root", str(run.data_root)]  # the jobs read exactly what was planned
-            labels = {"method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
-                      "variant": run.protocol.variant, "seed": run.seed, "miniature": run.miniature,
-                      "profile": run.profile}
-            cells.setdefault(run.spec_hash, Cell(run.spec_hash, run.out.name, argv, labels))
+            cells.setdefault(cell.key, cell)
     return list(cells.values())
+
+
+def log_once(log: Callable[[str], None]) -> Callable[[str], None]:
+    """``log``, but each distinct message only once (planning resolves many cells that say the same thing)."""
+    seen: set[str] = set()
+
+    def once(msg: str) -> None:
+        if msg not in seen:
+            seen.add(msg)
+            log(msg)
+
+    return once
+
+
+def cell_from_argv(argv: list[str], parser: argparse.ArgumentParser | None = None, *,
+                   log: Callable[[str], None] = print, **labels: Any) -> Cell:
+    """The cell of one ``runners.run`` argument list, keyed by the spec hash it resolves to; ``labels`` are
+    added to the cell's labels (e.g. ``released=<checkpoint id>``)."""
+    from runners import run as run_mod
+
+    args = (parser or run_mod.build_parser()).parse_args(argv)
+    run = run_mod.resolve(args, log=log)
+    argv = list(argv)
+    if run.miniature and "--data-root" not in argv:
+        argv += ["--data-root", str(run.data_root)]  # the jobs read exactly what was planned
+    base = {"method": run.method_class.name, "backbone": run.backbone, "protocol": run.protocol.name,
+            "variant": run.protocol.variant, "seed": run.seed, "miniature": run.miniature, "profile": run.profile}
+    return Cell(run.spec_hash, run.out.name, argv, {**base, **labels})
 
 
 def _plan_selftest(grid: Grid) -> list[Cell]:
@@ -699,21 +716,34 @@ def build_parser() -> argparse.ArgumentParser:
                                                  "(default: one run with the profile's seed: harmonised 0, "
                                                  "released the official code's)")
     g.add_argument("--out", default=None, help="sweep folder (default: runs/sweeps/sweep-<grid hash>)")
-    r = p.add_argument_group("passed to every runners.run")
-    for opt, _, takes in RUN_PASSTHROUGH:
-        choices = {"--profile": ("harmonised", "released"), "--precision": ("bf16", "tf32", "fp32")}.get(opt)
-        r.add_argument(opt, default=None, **({"choices": choices} if takes else {"action": "store_true"}))
+    r = add_passthrough_options(p)
     r.add_argument("--cfg-options", nargs="+", default=None, metavar="KEY=VALUE",
                    help="method-config / recipe overrides for every cell (see runners.run --help)")
     r.add_argument("--run-args", default="", help="further runners.run arguments, one quoted string")
     _add_executor_options(p)
+    c = add_control_options(p)
+    c.add_argument("--selftest", action="store_true", help=argparse.SUPPRESS)  # SelfTestJob cells (tests)
+    return p
+
+
+def add_passthrough_options(p: argparse.ArgumentParser, options: Sequence[str] | None = None):
+    """The :data:`RUN_PASSTHROUGH` options (only ``options`` when given), as one argument group."""
+    r = p.add_argument_group("passed to every runners.run")
+    for opt, _, takes in RUN_PASSTHROUGH:
+        if options is None or opt in options:
+            choices = {"--profile": ("harmonised", "released"), "--precision": ("bf16", "tf32", "fp32")}.get(opt)
+            r.add_argument(opt, default=None, **({"choices": choices} if takes else {"action": "store_true"}))
+    return r
+
+
+def add_control_options(p: argparse.ArgumentParser):
+    """--dry-run, --resubmit-failed, --wait (the arguments of :func:`run_cells`), as one argument group."""
     c = p.add_argument_group("control")
     c.add_argument("--dry-run", action="store_true", help="list the cells and what would be skipped; submit nothing")
     c.add_argument("--resubmit-failed", action="store_true", help="also resubmit failed cells (they resume)")
     c.add_argument("--wait", action="store_true", help="Slurm: block until every cell has finished")
     c.add_argument("--poll-s", type=float, default=5.0, help=argparse.SUPPRESS)
-    c.add_argument("--selftest", action="store_true", help=argparse.SUPPRESS)  # SelfTestJob cells (tests)
-    return p
+    return c
 
 
 def build_status_parser() -> argparse.ArgumentParser:
@@ -728,9 +758,13 @@ def build_status_parser() -> argparse.ArgumentParser:
     return p
 
 
-def grid_from_args(args: argparse.Namespace) -> Grid:
+def passthrough_args(args: argparse.Namespace, options: Sequence[str] | None = None) -> list[str]:
+    """The ``runners.run`` arguments of the :data:`RUN_PASSTHROUGH` options set in ``args`` (only ``options``
+    when given); folders made absolute, so the jobs read what was planned wherever they start."""
     run_args: list[str] = []
     for opt, run_opt, takes in RUN_PASSTHROUGH:
+        if options is not None and opt not in options:
+            continue
         value = getattr(args, opt.lstrip("-").replace("-", "_"))
         if takes and value is not None:
             if opt in ("--data-root", "--weights-dir"):
@@ -738,9 +772,13 @@ def grid_from_args(args: argparse.Namespace) -> Grid:
             run_args += [run_opt, str(value)]
         elif not takes and value:
             run_args.append(run_opt)
-    if args.cfg_options:
+    if getattr(args, "cfg_options", None):
         run_args += ["--cfg-options", *args.cfg_options]
-    run_args += shlex.split(args.run_args)
+    return run_args
+
+
+def grid_from_args(args: argparse.Namespace) -> Grid:
+    run_args = passthrough_args(args) + shlex.split(args.run_args)
     return Grid(methods=_split(args.methods), protocols=_split(args.protocols), variants=_split(args.eval_variants),
                 backbones=_split(args.backbones), seeds=parse_seeds(args.seeds) if args.seeds else [],
                 run_args=run_args,
@@ -759,6 +797,15 @@ def sweep_main(argv: Sequence[str]) -> int:
     stored = ExecutorSettings().merged(manifest["executor"]) if manifest["executor"] else None
     settings = _settings_from(args, stored)
     cells = plan_cells(grid)
+    return run_cells(sweep_dir, cells, settings, argv, dry_run=args.dry_run, resubmit_failed=args.resubmit_failed,
+                     wait=args.wait, poll_s=args.poll_s)
+
+
+def run_cells(sweep_dir: Path, cells: list[Cell], settings: ExecutorSettings, argv: Sequence[str], *,
+              dry_run: bool = False, resubmit_failed: bool = False, wait: bool = False, poll_s: float = 5.0) -> int:
+    """Submit the cells of ``sweep_dir`` that are not done (nor queued/running; failed ones only with
+    ``resubmit_failed``), print the plan and the states; the exit code of a sweep command."""
+    manifest = load_manifest(sweep_dir)
     # the state of cells this folder already knows
     known = {**manifest["cells"]}
     for c in cells:
@@ -773,7 +820,7 @@ def sweep_main(argv: Sequence[str]) -> int:
             action = "skip: done"
         elif st.state in ("pending", "running", "unknown"):
             action = f"skip: {st.state} (job {st.job_id})"
-        elif st.state == "failed" and not args.resubmit_failed:
+        elif st.state == "failed" and not resubmit_failed:
             action = "skip: failed (add --resubmit-failed)"
             skipped_failed.append(c)
         else:
@@ -785,7 +832,7 @@ def sweep_main(argv: Sequence[str]) -> int:
           f"{sum(a.startswith('skip: done') for a, _ in actions)} done, "
           f"{sum(a.startswith(('skip: pending', 'skip: running', 'skip: unknown')) for a, _ in actions)} queued "
           f"or running, {len(skipped_failed)} failed and not resubmitted")
-    if args.dry_run:
+    if dry_run:
         width = max(len(a) for a, _ in actions) if actions else 0
         for action, c in actions:
             lb = c.labels
@@ -801,9 +848,9 @@ def sweep_main(argv: Sequence[str]) -> int:
     results = []
     for group, resume in ((fresh, False), (failed, True)):
         if group:
-            results.append(submit_cells(sweep_dir, group, settings, resume=resume, poll_s=min(args.poll_s, 0.5)))
-    if settings.executor == "slurm" and args.wait:
-        final = wait_for_cells(sweep_dir, poll_s=args.poll_s)
+            results.append(submit_cells(sweep_dir, group, settings, resume=resume, poll_s=min(poll_s, 0.5)))
+    if settings.executor == "slurm" and wait:
+        final = wait_for_cells(sweep_dir, poll_s=poll_s)
         print(format_status(final))
         return 1 if any(st.state == "failed" for st in final) else 0
     if settings.executor == "local":
