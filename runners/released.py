@@ -28,7 +28,9 @@ from typing import Any, Sequence
 
 from methods.released import NO_RELEASE, RELEASED_CHECKPOINTS, ReleasedCheckpoint
 from methods.weights import cached_sha256, default_hash_cache, locate, weights_dir_from
-from runners.run import DATA_ROOT_ENV, PROFILES, usage_error
+from runners.preflight import UserError, report_error
+from runners.profiles import PROFILES
+from runners.run import DATA_ROOT_ENV
 from runners.sweep import (Cell, ExecutorSettings, _add_executor_options, _settings_from, add_control_options,
                            add_passthrough_options, cell_from_argv, load_manifest, log_once, passthrough_args,
                            run_cells)
@@ -138,7 +140,7 @@ def list_main(argv: Sequence[str]) -> int:
     folder = weights_dir_from(args.weights_dir)
     entries = [e for e in RELEASED_CHECKPOINTS.values() if args.method in (None, e.method)]
     if args.method and not entries and args.method not in NO_RELEASE:
-        raise usage_error(f"--method {args.method}: no released checkpoints; methods with releases: "
+        raise UserError(f"--method {args.method}: no released checkpoints; methods with releases: "
                           f"{', '.join(sorted({e.method for e in RELEASED_CHECKPOINTS.values()}))}")
     statuses = file_statuses(folder, entries, hash_files=not args.no_hash)
     if args.json:
@@ -192,23 +194,23 @@ def plan_released_cells(args: argparse.Namespace, log=print) -> list[Cell]:
     """The sweep cells of ``eval``; user mistakes exit with code 2 before anything is built or submitted."""
     weights_dir = weights_dir_from(args.weights_dir)
     if weights_dir is None or not weights_dir.is_dir():
-        raise usage_error(f"weights folder {weights_dir or '(none)'} not found: pass --weights-dir DIR "
+        raise UserError(f"weights folder {weights_dir or '(none)'} not found: pass --weights-dir DIR "
                           "(or set $DGSS_WEIGHTS) holding the released files (python -m runners.released list)")
     entries = list(RELEASED_CHECKPOINTS.values())
     if args.only:
         ids = [s.strip() for s in args.only.split(",") if s.strip()]
         unknown = [i for i in ids if i not in RELEASED_CHECKPOINTS]
         if unknown:
-            raise usage_error(f"--only: unknown checkpoint ids {', '.join(unknown)} (python -m runners.released list)")
+            raise UserError(f"--only: unknown checkpoint ids {', '.join(unknown)} (python -m runners.released list)")
         entries = [RELEASED_CHECKPOINTS[i] for i in ids]
     statuses = file_statuses(weights_dir, entries, hash_files=False)
     bad = [s for s in statuses if s.state not in ("found", "missing")]
     if bad:
-        raise usage_error(f"{bad[0].path}: {bad[0].state.lower()} against the published file; download it again "
+        raise UserError(f"{bad[0].path}: {bad[0].state.lower()} against the published file; download it again "
                           f"from {bad[0].entry.url}")
     found = [s for s in statuses if s.state == "found" and s.entry.evaluable]
     if not found:
-        raise usage_error(f"no evaluable released checkpoint found under {weights_dir} (python -m runners.released "
+        raise UserError(f"no evaluable released checkpoint found under {weights_dir} (python -m runners.released "
                           f"list --weights-dir {weights_dir} shows where each file goes)")
     run_args = passthrough_args(args, ("--data-root", *EVAL_PASSTHROUGH))
     profiles = PROFILES if args.profile == "both" else (args.profile,)
@@ -241,7 +243,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not argv or argv[0] not in commands:
         print(__doc__.split("\n\n")[0] + "\n" + __doc__.split("\n\n")[1], file=sys.stderr)
         return 2
-    return commands[argv[0]](argv[1:])
+    try:
+        return commands[argv[0]](argv[1:])
+    except UserError as exc:  # a mistake: one line, exit code 2, before anything is built or submitted
+        return report_error(exc)
 
 
 if __name__ == "__main__":
