@@ -1,6 +1,5 @@
 """ViTBackbone: taps, hook, freezing, dynamic sizes, necks, real-scale parameter counts (meta device)."""
 
-import time
 
 import pytest
 import torch
@@ -204,10 +203,8 @@ REAL_COUNTS = {
 
 
 def test_real_scale_param_counts_on_meta_device():
-    t0 = time.perf_counter()
-    with torch.device("meta"):
+    with torch.device("meta"):  # no memory, no weights: real scale on any machine
         models = {n: ViTBackbone(vit_config(n)) for n in REAL_COUNTS}
-    assert time.perf_counter() - t0 < 10.0
     for name, (total, proj) in REAL_COUNTS.items():
         b = models[name]
         assert count_params(b) == total, name
