@@ -240,3 +240,19 @@ def test_save_confusions_shapes(tmp_path):
     assert names == [] and cms.shape == (0, 3, 3)
     with pytest.raises(ValueError, match="2 names but confusion array of shape"):
         save_confusions(tmp_path / "b.npz", ["a", "b"], np.zeros((1, 3, 3)), 3)
+
+
+def test_prefetching_workers_give_the_same_files_and_skip_finished_images(tmp_path):
+    ds = Split(n=4, names=True)
+    ref = evaluate_split(positional_predict, ds, SLIDE, key="w", num_classes=C, out_dir=tmp_path / "a", progress=False)
+    got = evaluate_split(positional_predict, ds, SLIDE, key="w", num_classes=C, out_dir=tmp_path / "b", progress=False,
+                         num_workers=1)
+    names, cms = load_confusions(got.per_image_path)
+    assert names == ["im0", "im1", "im2", "im3"]
+    np.testing.assert_array_equal(cms, load_confusions(ref.per_image_path)[1])
+    save_confusions(partial_path(tmp_path / "c", "w"), ["im0", "im1"], cms[:2], C)
+    model = RecordingModel(tmp_path / "none.npz", windows=len(BOXES_20x28))
+    res = evaluate_split(model, ds, SLIDE, key="w", num_classes=C, out_dir=tmp_path / "c", progress=False,
+                         num_workers=1, resume=True)
+    assert len(model.autocast) == 2  # only im2 and im3 were predicted
+    np.testing.assert_array_equal(load_confusions(res.per_image_path)[1], cms)
