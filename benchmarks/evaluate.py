@@ -3,7 +3,8 @@
 ``predict_fn(images float32[B,3,h,w] 0..255) -> scores float[B,C,h,w]`` (or any object with such a
 ``predict`` method) is run under ``torch.inference_mode()`` on each test image, whole or with mmseg's
 sliding window; the scores are resized bilinearly to the *native* label size, argmax-ed and compared with
-the label. Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
+the label (:func:`resized_argmax`: a few classes at a time, never the full-size float32 score tensor, which
+is ~0.9 GB for a 12-megapixel Mapillary label). Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
 ``names`` and ``confusion`` [N,C,C]); the dataset score is computed from their sum, so re-scoring needs
 no re-inference (:func:`score_file`). Partial results are checkpointed and survive failures
 (``resume=True`` continues where a run stopped).
@@ -36,6 +37,7 @@ __all__ = [
     "slide_windows",
     "infer_logits",
     "resize_logits",
+    "resized_argmax",
     "evaluate_split",
     "confusion_path",
     "partial_path",
@@ -82,6 +84,31 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if tuple(logits.shape[-2:]) == size:
         return logits
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
+def resized_argmax(logits: torch.Tensor, size: Sequence[int], *, classes_per_chunk: int = 4) -> torch.Tensor:
+    """``resize_logits(logits, size).argmax(1)`` (int64 [B,H,W]) without the full-size [B,C,H,W] float32 tensor.
+
+    Bilinear interpolation treats every class plane on its own, so ``classes_per_chunk`` planes are resized at a
+    time and a running (max, index) keeps the winner; a later chunk replaces it only when strictly greater,
+    so ties go to the lower class index, as ``argmax`` does. The values, and so the labels, are bit-identical
+    to the one-shot resize (NaN scores excepted). Peak extra memory: ``classes_per_chunk + 3`` planes.
+    """
+    size = (int(size[0]), int(size[1]))
+    step = max(1, int(classes_per_chunk))
+    best_value: torch.Tensor | None = None
+    best_index: torch.Tensor | None = None
+    for start in range(0, logits.shape[1], step):
+        value, index = resize_logits(logits[:, start:start + step], size).max(1)
+        if best_value is None or best_index is None:
+            best_value, best_index = value, index
+            continue
+        better = value > best_value
+        best_value = torch.where(better, value, best_value)
+        best_index = torch.where(better, index + start, best_index)
+    if best_index is None:
+        raise ValueError(f"resized_argmax: no classes in logits of shape {tuple(logits.shape)}")
+    return best_index
 
 
 def _as_predict_fn(model: Any) -> PredictFn:
@@ -275,7 +302,7 @@ def evaluate_split(
 ) -> SplitEvaluation:
     """Evaluate ``predict_fn`` on every item of ``dataset`` and store per-image confusion matrices.
 
-    Items are dicts with ``image`` float32[3,h,w] (0..255, already test-resized), ``label`` int64[H0,W0]
+    Items are dicts with ``image`` [3,h,w] (uint8 or float, 0..255, already test-resized), ``label`` [H0,W0]
     at native size and ``name``. Scores are resized to the label size before argmax. Partial results are
     written to ``confusion_<key>.partial.npz`` every ``checkpoint_every`` images and when an error
     occurs; with ``resume=True`` images already in the partial (or final) file are skipped (without
@@ -346,14 +373,15 @@ def evaluate_split(
                 results[name] = done[name]
                 bar.update(1)
                 continue
-            image = torch.as_tensor(item["image"], dtype=torch.float32).to(device).unsqueeze(0)
-            label = torch.as_tensor(item["label"]).to(device)
+            # uint8 from the loader (pinned when prefetched); float on the device
+            image = torch.as_tensor(item["image"]).to(device, non_blocking=True).float().unsqueeze(0)
+            label = torch.as_tensor(item["label"]).to(device, non_blocking=True)
             if label.ndim == 3 and label.shape[0] == 1:
                 label = label[0]
             with torch.inference_mode(), autocast():
                 logits = infer_logits(predict, image, spec, num_classes, batch_windows=batch_windows)
             with torch.inference_mode():
-                pred = resize_logits(logits.float(), label.shape[-2:]).argmax(1)[0]
+                pred = resized_argmax(logits.float(), label.shape[-2:])[0]
                 results[name] = confusion_matrix(pred, label, num_classes=num_classes, ignore_index=ignore_index)
             new_since_flush += 1
             bar.update(1)

@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 from datasets.base import png_header
 from datasets.labels import CITYSCAPES_LABELS, TRAIN_ID_TO_LABEL_ID
 
-from .evaluate import _as_predict_fn, infer_logits, resize_logits
+from .evaluate import _as_predict_fn, infer_logits, resized_argmax
 from .protocols import InferenceSpec, get_protocol, list_protocols, load_split
 
 __all__ = [
@@ -144,12 +144,12 @@ def export_predictions(predict_fn: Any, dataset: Any, spec: InferenceSpec, out_d
                 bar.update(1)
                 continue
             item = dataset[index]
-            image = torch.as_tensor(item["image"], dtype=torch.float32).to(device).unsqueeze(0)
+            image = torch.as_tensor(item["image"]).to(device, non_blocking=True).float().unsqueeze(0)
             size = tuple(item.get("ori_size") or np.asarray(item["label"]).shape[-2:])
             with torch.inference_mode(), autocast():
                 logits = infer_logits(predict, image, spec, num_classes, batch_windows=batch_windows)
             with torch.inference_mode():
-                pred = resize_logits(logits.float(), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                pred = resized_argmax(logits.float(), size)[0].to(torch.uint8).cpu().numpy()
             _write_png(target, encode_prediction(pred, id_format))
             written += 1
             bar.update(1)

@@ -378,8 +378,8 @@ def _raw_sample(dataset: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], label uint8 [H, W]) of sample ``index`` before any training transform."""
     sample = dataset.load(index) if hasattr(dataset, "load") else dataset[index]
     image, label = sample["image"], sample["label"]
-    if isinstance(image, Tensor):  # already transformed: float [3, H, W] 0..255
-        image = image.detach().permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+    if isinstance(image, Tensor):  # already transformed: [3, H, W] 0..255 (uint8, or float)
+        image = image.detach().permute(1, 2, 0).float().clamp(0, 255).round().to(torch.uint8).cpu().numpy()
     if isinstance(label, Tensor):
         label = label.detach().clamp(0, 255).to(torch.uint8).cpu().numpy()
     return np.asarray(image, dtype=np.uint8), np.asarray(label, dtype=np.uint8)
