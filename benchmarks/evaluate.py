@@ -3,8 +3,8 @@
 ``predict_fn(images float32[B,3,h,w] 0..255) -> scores float[B,C,h,w]`` (or any object with such a
 ``predict`` method) is run under ``torch.inference_mode()`` on each test image, whole or with mmseg's
 sliding window; the scores are resized bilinearly to the *native* label size, argmax-ed and compared with
-the label (:func:`resized_argmax`: a few classes at a time, never the full-size float32 score tensor, which
-is ~0.9 GB for a 12-megapixel Mapillary label). Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
+the label (:func:`resized_argmax`: one class at a time, never the full-size float32 score tensor, which is
+~0.9 GB for a 12-megapixel Mapillary label). Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
 ``names`` and ``confusion`` [N,C,C]); the dataset score is computed from their sum, so re-scoring needs
 no re-inference (:func:`score_file`). Partial results are checkpointed and survive failures
 (``resume=True`` continues where a run stopped).
@@ -86,29 +86,25 @@ def resize_logits(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-def resized_argmax(logits: torch.Tensor, size: Sequence[int], *, classes_per_chunk: int = 4) -> torch.Tensor:
+def resized_argmax(logits: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     """``resize_logits(logits, size).argmax(1)`` (int64 [B,H,W]) without the full-size [B,C,H,W] float32 tensor.
 
-    Bilinear interpolation treats every class plane on its own, so ``classes_per_chunk`` planes are resized at a
-    time and a running (max, index) keeps the winner; a later chunk replaces it only when strictly greater,
-    so ties go to the lower class index, as ``argmax`` does. The values, and so the labels, are bit-identical
-    to the one-shot resize (NaN scores excepted). Peak extra memory: ``classes_per_chunk + 3`` planes.
+    Bilinear interpolation treats every class plane on its own, so the planes are resized one at a time and a
+    running maximum keeps the winner; a later class replaces it only when strictly greater, so ties go to the
+    lower class index, as ``argmax`` does. The values, and so the labels, are bit-identical to the one-shot
+    resize (NaN scores excepted). Extra memory: about 10 bytes per output pixel instead of 4 per class.
     """
     size = (int(size[0]), int(size[1]))
-    step = max(1, int(classes_per_chunk))
-    best_value: torch.Tensor | None = None
-    best_index: torch.Tensor | None = None
-    for start in range(0, logits.shape[1], step):
-        value, index = resize_logits(logits[:, start:start + step], size).max(1)
-        if best_value is None or best_index is None:
-            best_value, best_index = value, index
-            continue
-        better = value > best_value
-        best_value = torch.where(better, value, best_value)
-        best_index = torch.where(better, index + start, best_index)
-    if best_index is None:
+    num_classes = logits.shape[1]
+    if num_classes == 0:
         raise ValueError(f"resized_argmax: no classes in logits of shape {tuple(logits.shape)}")
-    return best_index
+    best_value = resize_logits(logits[:, :1], size)[:, 0].clone()
+    best_index = torch.zeros_like(best_value, dtype=torch.uint8 if num_classes <= 256 else torch.int64)
+    for c in range(1, num_classes):
+        plane = resize_logits(logits[:, c:c + 1], size)[:, 0]
+        best_index.masked_fill_(plane > best_value, c)
+        torch.maximum(best_value, plane, out=best_value)
+    return best_index.long()
 
 
 def _as_predict_fn(model: Any) -> PredictFn:

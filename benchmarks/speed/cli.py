@@ -167,15 +167,16 @@ def run_data(args: argparse.Namespace, models: ModelSupport, device: torch.devic
     if not args.no_scoring:
         out["scoring"] = bench_scoring(SCORING_SIZES, device=device, reps=max(1, min(args.data_reps, 3)))
         emit(f"\nscoring at native label resolution ({device_name(device)}): one-shot float32 resize + argmax "
-             "(full) vs resized_argmax (4 classes at a time):\n" + scoring_table(out["scoring"]))
+             "(full) vs resized_argmax (one class at a time); peak = memory the step adds:\n" + scoring_table(out["scoring"]))
     if "loader" in out:
         emit(f"\nDataLoader throughput ({out['loader_case']}; {os.cpu_count()} cores):\n" + loader_table(out["loader"]))
     need = workers_needed(out["loading"], {m: t["train_img_s"] for m, t in TARGETS.items()})
     if need:
         emit("\nloader workers per GPU at the target speed = ceil(target img/s x ms per training sample / 1000):\n"
              + format_table(["method", "target img/s", "ms/sample (ours)", "workers"], need))
-    emit(f"\ndata loading per image, one process ({device_name(torch.device('cpu'))}; medians of {args.data_reps} "
-         f"rounds over {args.data_images} images, ours and the plain baseline alternating):\n"
+    emit(f"\ndata loading per image, one process ({device_name(torch.device('cpu'))}, {os.cpu_count()} cores; CPU-time "
+         f"medians of {args.data_reps} rounds over {args.data_images} images, ours and the plain baseline "
+         "alternating):\n"
          + loading_table(out["loading"]))
     return out
 

@@ -6,7 +6,9 @@ cv2 / PIL / numpy for the same work: decode, label lookup (``cv2.LUT``), the sam
 uint8 CHW tensors. Both draw the same random numbers and share the steps that are the algorithm rather than
 plumbing (``TrainTransform.target_size``, ``random_crop_box`` with its cat_max_ratio retries,
 ``photometric_distortion``, ``color_jitter``), so their outputs must be equal, which every case checks. The two
-alternate image by image, ``reps`` times; the columns are medians (robust on a busy machine).
+alternate image by image, ``reps`` times; the columns are medians of the CPU time each call used (what a loader
+worker costs a core; unlike wall time it does not grow when other processes share the cores), wall-time medians
+are kept in the record.
 
 **Scoring** (:func:`bench_scoring`): ``resize_logits(...).argmax(1)`` (a full-size float32 [C,H,W] tensor) against
 ``resized_argmax`` (a few classes at a time) at the protocols' native label sizes: same labels, time, and the
@@ -18,10 +20,11 @@ peak memory the step adds (CUDA allocator peak; on a CPU the peak RSS growth of 
 from __future__ import annotations
 
 import math
-import multiprocessing
 import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,12 +132,12 @@ def fixture_roots(fixtures: Path | str, root: Path | str) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------------------------- the plain baseline
 def _plain_read(pair: Any, lut: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """cv2 image decode + BGR->RGB; label: cv2 for 8-bit gray, PIL for palettes; ``cv2.LUT``."""
+    """cv2 image decode + BGR->RGB; label: cv2 for 8-bit gray, PIL for palettes (cv2 would expand them to
+    colours); ``cv2.LUT``."""
     image = cv2.cvtColor(cv2.imread(str(pair.image), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION),
                          cv2.COLOR_BGR2RGB)
-    raw = cv2.imread(str(pair.label), cv2.IMREAD_UNCHANGED)
-    if raw is None or raw.ndim != 2:  # palette PNG (cv2 would expand it to colours)
-        raw = np.asarray(Image.open(pair.label))
+    with Image.open(pair.label) as im:
+        raw = cv2.imread(str(pair.label), cv2.IMREAD_UNCHANGED) if im.mode == "L" else np.asarray(im)
     return image, cv2.LUT(raw, lut)
 
 
@@ -235,13 +238,13 @@ def eval_cases(roots: dict[str, dict[str, Path]], protocol: Any) -> list[LoadCas
 
 def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int = 4, seed: int = 0
                   ) -> list[dict[str, Any]]:
-    """Per case: median seconds per image of ours and of the plain baseline (alternating, ``reps`` rounds over
-    up to ``max_images`` images), their ratio, and whether both gave identical tensors."""
+    """Per case: median CPU seconds per image of ours and of the plain baseline (alternating, ``reps`` rounds over
+    up to ``max_images`` images), their ratio, wall-time medians, and whether both gave identical tensors."""
     rows = []
     for case in cases:
         n = min(len(case.dataset), max_images)
-        ours: list[float] = []
-        plain: list[float] = []
+        cpu: dict[str, list[float]] = {"ours": [], "plain": []}
+        wall: dict[str, list[float]] = {"ours": [], "plain": []}
         same = True
         shape = None
         for r in range(reps):
@@ -253,34 +256,40 @@ def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int =
                     timed.reverse()  # alternate who goes first (caches, a busy machine)
                 results = {}
                 for who, fn in timed:
-                    t0 = time.perf_counter()
+                    c0, t0 = time.process_time(), time.perf_counter()
                     results[who] = fn()
-                    (ours if who == "ours" else plain).append(time.perf_counter() - t0)
+                    wall[who].append(time.perf_counter() - t0)
+                    cpu[who].append(time.process_time() - c0)
                 if r == 0:
                     mine, base = results["ours"], results["plain"]
                     shape = tuple(mine["image"].shape)
                     same = same and torch.equal(mine["image"], base[0]) and torch.equal(mine["label"], base[1])
-        o, p = statistics.median(ours), statistics.median(plain)
+        o, p = statistics.median(cpu["ours"]), statistics.median(cpu["plain"])
         rows.append({"case": case.name, "detail": case.detail, "images": n, "reps": reps, "out_shape": shape,
-                     "ours_ms": o * 1e3, "plain_ms": p * 1e3, "ratio": o / p, "identical": same})
+                     "ours_ms": o * 1e3, "plain_ms": p * 1e3, "ratio": o / p, "identical": same,
+                     "ours_wall_ms": statistics.median(wall["ours"]) * 1e3,
+                     "plain_wall_ms": statistics.median(wall["plain"]) * 1e3})
     return rows
 
 
 # ---------------------------------------------------------------------------------------------- scoring
-def _score_peak_child(queue: Any, how: str, logits_hw: tuple[int, int], label_hw: tuple[int, int],
-                      num_classes: int) -> None:
+def score_peak_rss(how: str, logits_hw: Sequence[int], label_hw: Sequence[int], num_classes: int) -> float:
+    """GiB by which the peak RSS of this process grows while scoring one random [1,C,h,w] score map at
+    ``label_hw``, ``how`` = "full" (one-shot resize + argmax) or "tiled" (``resized_argmax``)."""
     torch.set_num_threads(1)
     logits = torch.randn(1, num_classes, *logits_hw, generator=torch.Generator().manual_seed(0))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if how == "full":
-        resize_logits(logits, label_hw).argmax(1)
+        resize_logits(logits, tuple(label_hw)).argmax(1)
     else:
-        resized_argmax(logits, label_hw)
-    queue.put((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / GiB)
+        resized_argmax(logits, tuple(label_hw))
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / GiB  # ru_maxrss is in KiB
 
 
 def _peak_gib(how: str, logits_hw: tuple[int, int], label_hw: tuple[int, int], num_classes: int,
               device: torch.device) -> float:
+    """Peak memory the scoring adds: the CUDA allocator's peak, or on a CPU :func:`score_peak_rss` in a fresh
+    process (a process's peak RSS never goes down, so each measurement needs its own)."""
     if device.type == "cuda":
         logits = torch.randn(1, num_classes, *logits_hw, device=device)
         torch.cuda.synchronize(device)
@@ -292,13 +301,10 @@ def _peak_gib(how: str, logits_hw: tuple[int, int], label_hw: tuple[int, int], n
             resized_argmax(logits, label_hw)
         torch.cuda.synchronize(device)
         return (torch.cuda.max_memory_allocated(device) - base) / GiB
-    ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_score_peak_child, args=(queue, how, logits_hw, label_hw, num_classes))
-    proc.start()
-    value = queue.get(timeout=600)
-    proc.join()
-    return float(value)
+    code = ("from benchmarks.speed.data import score_peak_rss; "
+            f"print(score_peak_rss({how!r}, {tuple(logits_hw)}, {tuple(label_hw)}, {num_classes}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=600)
+    return float(done.stdout.strip().splitlines()[-1])
 
 
 def bench_scoring(sizes: dict[str, tuple[tuple[int, int], tuple[int, int]]], *, device: torch.device,

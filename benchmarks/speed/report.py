@@ -156,7 +156,7 @@ def eval_protocol_table(est: dict[str, Any]) -> str:
 def loading_table(rows: list[dict[str, Any]]) -> str:
     """Ours vs the plain cv2 baseline per image; the last line is ``worst ratio vs baseline: R``."""
     table = format_table(
-        ["case", "ours ms/img", "plain cv2 ms/img", "ratio", "identical", "output"],
+        ["case", "ours CPU ms/img", "plain cv2 CPU ms/img", "ratio", "identical", "output"],
         [[r["case"], _fmt(r["ours_ms"], 1), _fmt(r["plain_ms"], 1), f"{r['ratio']:.3f}",
           "yes" if r["identical"] else "NO", "x".join(map(str, r["out_shape"] or ()))] for r in rows])
     worst = max((r["ratio"] for r in rows), default=math.nan)

@@ -127,7 +127,7 @@ def test_data_mode_prints_both_columns_and_ends_with_the_worst_ratio(tmp_path, c
     assert rc == 0
     text = capsys.readouterr().out.strip().splitlines()
     assert text[-1].startswith("worst ratio vs baseline: ")
-    assert any("ours ms/img" in line and "plain cv2 ms/img" in line and "ratio" in line for line in text)
+    assert any("ours CPU ms/img" in line and "plain cv2 CPU ms/img" in line and "ratio" in line for line in text)
     report = json.loads(out.read_text())["data"]
     cases = [r["case"] for r in report["loading"]]
     assert any(c.startswith("train rein") for c in cases) and "eval bdd100k (bdd-size 1280x720)" in cases
