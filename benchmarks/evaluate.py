@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .metrics import SplitScore, confusion_matrix, score_confusion
+from .numerics import Numerics
 from .protocols import InferenceSpec
 
 __all__ = [
@@ -289,6 +290,7 @@ def evaluate_split(
     device: str | torch.device = "cpu",
     out_dir: Path | str,
     autocast_dtype: torch.dtype | None = None,
+    numerics: Numerics | None = None,
     progress: bool = True,
     batch_windows: int = 1,
     num_workers: int = 0,
@@ -303,9 +305,10 @@ def evaluate_split(
     written to ``confusion_<key>.partial.npz`` every ``checkpoint_every`` images and when an error
     occurs; with ``resume=True`` images already in the partial (or final) file are skipped (without
     loading them when the dataset has a ``names`` sequence). A failing image raises
-    :class:`EvaluationError` naming it. ``autocast_dtype`` (e.g. ``torch.bfloat16`` on CUDA) runs the
-    model under autocast; scores are accumulated in float32. ``num_workers > 0`` decodes the images in that
-    many DataLoader worker processes, in order, ahead of the model (the results are the same).
+    :class:`EvaluationError` naming it. ``numerics`` (what ``benchmarks.numerics.configure_numerics`` returned
+    for the run's ``--precision``) sets the model's autocast, as in training; without it ``autocast_dtype``
+    (e.g. ``torch.bfloat16`` on CUDA) does; scores are accumulated in float32. ``num_workers > 0`` decodes the
+    images in that many DataLoader worker processes, in order, ahead of the model (the results are the same).
     """
     start = time.perf_counter()
     predict = _as_predict_fn(predict_fn)
@@ -334,6 +337,8 @@ def evaluate_split(
     known_names = _dataset_names(dataset)  # optional; lets resume skip without loading, names failures
 
     def autocast() -> contextlib.AbstractContextManager:
+        if numerics is not None:
+            return numerics.autocast(device.type)
         if autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)

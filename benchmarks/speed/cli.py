@@ -175,8 +175,8 @@ def run_data(args: argparse.Namespace, models: ModelSupport, device: torch.devic
         emit("\nloader workers per GPU at the target speed = ceil(target img/s x ms per training sample / 1000):\n"
              + format_table(["method", "target img/s", "ms/sample (ours)", "workers"], need))
     emit(f"\ndata loading per image, one process ({device_name(torch.device('cpu'))}, {os.cpu_count()} cores; CPU-time "
-         f"medians of {args.data_reps} rounds over {args.data_images} images, ours and the plain baseline "
-         "alternating):\n"
+         f"medians of >= {args.data_reps} rounds over up to {args.data_images} images and >= 15 timings per case, ours "
+         "and the plain baseline alternating):\n"
          + loading_table(out["loading"]))
     return out
 

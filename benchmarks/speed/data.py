@@ -12,7 +12,7 @@ are kept in the record.
 
 **Scoring** (:func:`bench_scoring`): ``resize_logits(...).argmax(1)`` (a full-size float32 [C,H,W] tensor) against
 ``resized_argmax`` (a few classes at a time) at the protocols' native label sizes: same labels, time, and the
-peak memory the step adds (CUDA allocator peak; on a CPU the peak RSS growth of a fresh process).
+peak memory the step adds (CUDA allocator peak; on a CPU the peak RSS growth of a fresh process, VmHWM).
 
 **Loader throughput** (:func:`bench_loader`): images/s of a real DataLoader per worker count.
 """
@@ -236,18 +236,20 @@ def eval_cases(roots: dict[str, dict[str, Path]], protocol: Any) -> list[LoadCas
     return cases
 
 
-def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int = 4, seed: int = 0
-                  ) -> list[dict[str, Any]]:
+def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int = 4, min_samples: int = 15,
+                  seed: int = 0) -> list[dict[str, Any]]:
     """Per case: median CPU seconds per image of ours and of the plain baseline (alternating, ``reps`` rounds over
-    up to ``max_images`` images), their ratio, wall-time medians, and whether both gave identical tensors."""
+    up to ``max_images`` images, more rounds when that gives fewer than ``min_samples`` timings), their ratio,
+    wall-time medians, and whether both gave identical tensors."""
     rows = []
     for case in cases:
         n = min(len(case.dataset), max_images)
+        rounds = max(reps, math.ceil(min_samples / max(n, 1)))
         cpu: dict[str, list[float]] = {"ours": [], "plain": []}
         wall: dict[str, list[float]] = {"ours": [], "plain": []}
         same = True
         shape = None
-        for r in range(reps):
+        for r in range(rounds):
             for i in range(n):
                 aug_seed = seed * 1_000_003 + i
                 timed = [("ours", lambda: case.dataset[(i, aug_seed)]),
@@ -265,7 +267,7 @@ def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int =
                     shape = tuple(mine["image"].shape)
                     same = same and torch.equal(mine["image"], base[0]) and torch.equal(mine["label"], base[1])
         o, p = statistics.median(cpu["ours"]), statistics.median(cpu["plain"])
-        rows.append({"case": case.name, "detail": case.detail, "images": n, "reps": reps, "out_shape": shape,
+        rows.append({"case": case.name, "detail": case.detail, "images": n, "reps": rounds, "out_shape": shape,
                      "ours_ms": o * 1e3, "plain_ms": p * 1e3, "ratio": o / p, "identical": same,
                      "ours_wall_ms": statistics.median(wall["ours"]) * 1e3,
                      "plain_wall_ms": statistics.median(wall["plain"]) * 1e3})
@@ -273,23 +275,36 @@ def bench_loading(cases: Sequence[LoadCase], *, reps: int = 5, max_images: int =
 
 
 # ---------------------------------------------------------------------------------------------- scoring
+def _proc_kib(key: str) -> int | None:
+    try:
+        with open("/proc/self/status") as f:
+            return next((int(line.split()[1]) for line in f if line.startswith(key)), None)
+    except OSError:
+        return None
+
+
 def score_peak_rss(how: str, logits_hw: Sequence[int], label_hw: Sequence[int], num_classes: int) -> float:
-    """GiB by which the peak RSS of this process grows while scoring one random [1,C,h,w] score map at
-    ``label_hw``, ``how`` = "full" (one-shot resize + argmax) or "tiled" (``resized_argmax``)."""
+    """GiB by which this process's resident memory peaks above its level before scoring one random [1,C,h,w]
+    score map at ``label_hw``; ``how`` = "full" (one-shot resize + argmax) or "tiled" (``resized_argmax``).
+    Linux's VmHWM of the process's own memory map (``ru_maxrss`` would include the parent's at fork)."""
     torch.set_num_threads(1)
     logits = torch.randn(1, num_classes, *logits_hw, generator=torch.Generator().manual_seed(0))
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _proc_kib("VmRSS:")
+    fallback = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     if how == "full":
         resize_logits(logits, tuple(label_hw)).argmax(1)
     else:
         resized_argmax(logits, tuple(label_hw))
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) * 1024 / GiB  # ru_maxrss is in KiB
+    peak = _proc_kib("VmHWM:")
+    if before is None or peak is None:
+        before, peak = fallback, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return max(0, peak - before) * 1024 / GiB
 
 
 def _peak_gib(how: str, logits_hw: tuple[int, int], label_hw: tuple[int, int], num_classes: int,
               device: torch.device) -> float:
     """Peak memory the scoring adds: the CUDA allocator's peak, or on a CPU :func:`score_peak_rss` in a fresh
-    process (a process's peak RSS never goes down, so each measurement needs its own)."""
+    process (a process's peak RSS never goes down, and freed memory may stay mapped, so each gets its own)."""
     if device.type == "cuda":
         logits = torch.randn(1, num_classes, *logits_hw, device=device)
         torch.cuda.synchronize(device)

@@ -248,3 +248,23 @@ def test_resized_argmax_is_bit_identical_to_full_resize_then_argmax(label_hw, lo
                                                align_corners=False).argmax(1)
     got = resized_argmax(logits, label_hw)
     assert got.dtype == torch.int64 and torch.equal(got, expected)
+
+
+def test_evaluate_split_takes_the_autocast_of_the_run_numerics(tmp_path, monkeypatch):
+    """evaluate_split(numerics=...) enters Numerics.autocast, the context the trainer uses."""
+    from benchmarks.numerics import Numerics, resolve_numerics
+
+    entered = []
+    original = Numerics.autocast
+
+    def spy(self, device_type):
+        entered.append(device_type)
+        return original(self, device_type)
+
+    monkeypatch.setattr(Numerics, "autocast", spy)
+    data = [{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "label": torch.zeros(8, 8, dtype=torch.uint8),
+             "name": "a"}]
+    spec = InferenceSpec(mode="whole")
+    evaluate_split(lambda x: torch.zeros(x.shape[0], 19, *x.shape[-2:]), data, spec, key="k", out_dir=tmp_path,
+                   progress=False, numerics=resolve_numerics("fp32", "cpu"))
+    assert entered == ["cpu"]

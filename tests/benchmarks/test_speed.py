@@ -108,7 +108,7 @@ def test_loading_ours_equals_the_plain_cv2_baseline(tmp_path):
                                      color_jitter=(0.8, 0.8, 0.8)), ""),
     }
     cases = train_cases({"tiny": gta}, recipes) + eval_cases({"tiny": {"bdd100k": bdd}}, get_protocol("gta2cbm", variant="vltseg"))
-    rows = speed.bench_loading(cases, reps=1, max_images=2)
+    rows = speed.bench_loading(cases, reps=1, max_images=2, min_samples=1)
     assert len(rows) == 5 and all(r["identical"] for r in rows), [(r["case"], r["identical"]) for r in rows]
     assert rows[2]["out_shape"] == (3, 48, 200) and rows[-1]["out_shape"] == (3, 512, 910)  # vltseg: keep-ratio fit into 1024x512
     assert all(r["ratio"] > 0 for r in rows)
@@ -127,7 +127,7 @@ def test_plain_baseline_sees_a_broken_pipeline(tmp_path):
     ds = build_dataset("gta5", "all", gta, transform=TrainTransform(TrainAugmentation(
         crop_size=(64, 64), rescale="none", hflip_prob=0.0, photometric=False)))
     case = LoadCase("mismatch", ds, lambda i, rng: plain_train_sample(ds, i, aug, rng))
-    assert not speed.bench_loading([case], reps=1, max_images=1)[0]["identical"]
+    assert not speed.bench_loading([case], reps=1, max_images=1, min_samples=1)[0]["identical"]
 
 
 def test_scoring_rows_identical_labels_and_full_tensor_size():

@@ -134,3 +134,17 @@ def test_data_mode_prints_both_columns_and_ends_with_the_worst_ratio(tmp_path, c
     assert all(r["identical"] for r in report["loading"])
     assert [r["workers"] for r in report["loader"]] == [0, 1]
     assert float(text[-1].split(": ")[1]) == pytest.approx(max(r["ratio"] for r in report["loading"]), abs=1e-3)
+
+
+def test_default_workers_follow_the_measured_need(monkeypatch):
+    from benchmarks.speed import TARGETS
+    from runners import run
+
+    assert set(TARGETS) <= set(run.LOADER_WORKERS_PER_GPU)  # every method with a target speed has its number
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 64)
+    cuda = torch.device("cuda")
+    assert run.default_workers(cuda, "rein") == 2 * run.LOADER_WORKERS_PER_GPU["rein"]
+    assert run.default_workers(cuda, "tqdm") == 2 * run.LOADER_WORKERS_PER_GPU["tqdm"]
+    assert run.default_workers(torch.device("cpu"), "rein") == 0
+    monkeypatch.setattr(run.os, "cpu_count", lambda: 4)
+    assert run.default_workers(cuda, "rein") == 3  # never more than the cores per process minus one
