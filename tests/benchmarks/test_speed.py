@@ -13,13 +13,7 @@ from benchmarks.evaluate import evaluate_split, infer_logits
 from benchmarks.protocols import InferenceSpec, get_protocol
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads made each step ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flop_counter_counts_cpu_sdpa_forward_and_backward():
