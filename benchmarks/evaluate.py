@@ -4,10 +4,10 @@
 ``predict`` method) is run under ``torch.inference_mode()`` on each test image, whole or with mmseg's
 sliding window; the scores are resized bilinearly to the *native* label size, argmax-ed and compared with
 the label (:func:`resized_argmax`: one class at a time, never the full-size float32 score tensor, which is
-~0.9 GB for a 12-megapixel Mapillary label). Per-image confusion matrices are stored in ``<out_dir>/confusion_<key>.npz`` (arrays
-``names`` and ``confusion`` [N,C,C]); the dataset score is computed from their sum, so re-scoring needs
-no re-inference (:func:`score_file`). Partial results are checkpointed and survive failures
-(``resume=True`` continues where a run stopped).
+~0.9 GB for a 12-megapixel Mapillary label). Per-image confusion matrices are stored in
+``<out_dir>/confusion_<key>.npz`` (arrays ``names`` and ``confusion`` [N,C,C]); the dataset score is computed
+from their sum, so re-scoring needs no re-inference (:func:`score_file`). Partial results are checkpointed and
+survive failures (``resume=True`` continues where a run stopped).
 """
 
 from __future__ import annotations

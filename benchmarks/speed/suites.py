@@ -336,8 +336,8 @@ def estimate_protocol_eval(predict: Callable[[Tensor], Tensor], protocol: Any, *
                            loading: bool = True, seed: int = 0) -> dict[str, Any]:
     """Estimate a protocol's full evaluation time: for each split (:func:`protocol_geometry`), the measured
     seconds per typical image of the real per-image path (``infer_logits`` with ``batch_windows``, resize to
-    the native label size, argmax, confusion matrix; ``mode``'s autocast) times the number of images; optionally also the
-    seconds to decode + test-resize one such image on one CPU core (``loading``)."""
+    the native label size, argmax, confusion matrix; ``mode``'s autocast) times the number of images;
+    optionally also the seconds to decode + test-resize one such image on one CPU core (``loading``)."""
     spec: InferenceSpec = protocol.inference
     g = torch.Generator().manual_seed(seed)
     per_size: dict[tuple[tuple[int, int], tuple[int, int]], float] = {}

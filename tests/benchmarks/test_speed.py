@@ -82,7 +82,8 @@ def test_modes_use_the_numerics_function_and_restore_the_flags():
     with precision(base, cuda):
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
     assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == before
-    assert speed.optimized_mode(cuda).amp_dtype == torch.bfloat16 and speed.optimized_mode(torch.device("cpu")).amp_dtype is None
+    assert speed.optimized_mode(cuda).amp_dtype == torch.bfloat16
+    assert speed.optimized_mode(torch.device("cpu")).amp_dtype is None
 
 
 def test_loading_ours_equals_the_plain_cv2_baseline(tmp_path):
@@ -96,15 +97,19 @@ def test_loading_ours_equals_the_plain_cv2_baseline(tmp_path):
     bdd = write_bdd_like(tmp_path / "bdd", 2, (72, 128))
     recipes = {
         "ratio": (TrainAugmentation(crop_size=(64, 64), ratio_range=(0.5, 2.0)), ""),
-        "short": (TrainAugmentation(crop_size=(128, 128), rescale="short_edge_choices", short_edge_choices=(64, 96)), ""),
-        "fixed": (TrainAugmentation(crop_size=(48, 200), rescale="fixed", fixed_size=(160, 90), hflip_prob=1.0), ""),
+        "short": (TrainAugmentation(crop_size=(128, 128), rescale="short_edge_choices",
+                                    short_edge_choices=(64, 96)), ""),
+        "fixed": (TrainAugmentation(crop_size=(48, 200), rescale="fixed", fixed_size=(160, 90),
+                                    hflip_prob=1.0), ""),
         "jitter": (TrainAugmentation(crop_size=(96, 96), rescale="none", photometric=False,
                                      color_jitter=(0.8, 0.8, 0.8)), ""),
     }
-    cases = train_cases({"tiny": gta}, recipes) + eval_cases({"tiny": {"bdd100k": bdd}}, get_protocol("gta2cbm", variant="vltseg"))
+    cases = train_cases({"tiny": gta}, recipes) + eval_cases({"tiny": {"bdd100k": bdd}},
+                                                             get_protocol("gta2cbm", variant="vltseg"))
     rows = speed.bench_loading(cases, reps=1, max_images=2, min_samples=1)
     assert len(rows) == 5 and all(r["identical"] for r in rows), [(r["case"], r["identical"]) for r in rows]
-    assert rows[2]["out_shape"] == (3, 48, 200) and rows[-1]["out_shape"] == (3, 512, 910)  # vltseg: keep-ratio fit into 1024x512
+    assert rows[2]["out_shape"] == (3, 48, 200)
+    assert rows[-1]["out_shape"] == (3, 512, 910)  # vltseg: keep-ratio fit into 1024x512
     assert all(r["ratio"] > 0 for r in rows)
     last = loading_table(rows).splitlines()[-1]
     assert last == f"worst ratio vs baseline: {max(r['ratio'] for r in rows):.3f}"
