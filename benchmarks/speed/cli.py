@@ -165,7 +165,7 @@ def run_data(args: argparse.Namespace, models: ModelSupport, device: torch.devic
     if not args.no_scoring:
         out["scoring"] = bench_scoring(SCORING_SIZES, device=device, reps=max(1, min(args.data_reps, 3)))
         emit(f"\nscoring at native label resolution ({device_name(device)}): one-shot float32 resize + argmax "
-             "(full) vs resized_argmax (one class at a time); peak = memory the step adds:\n"
+             "(full) vs resized_argmax (one class at a time); ms: CPU time on a CPU; peak: memory the step adds:\n"
              + scoring_table(out["scoring"]))
     if "loader" in out:
         emit(f"\nDataLoader throughput ({out['loader_case']}; {os.cpu_count()} cores):\n"
