@@ -40,7 +40,8 @@ from tqdm.auto import tqdm
 from datasets.base import png_header
 from datasets.labels import CITYSCAPES_LABELS, TRAIN_ID_TO_LABEL_ID
 
-from .evaluate import _as_predict_fn, infer_logits, resize_logits
+from .evaluate import _as_predict_fn, infer_logits, resized_argmax
+from .numerics import Numerics
 from .protocols import InferenceSpec, get_protocol, list_protocols, load_split
 
 __all__ = [
@@ -114,12 +115,13 @@ def _write_png(path: Path, ids: np.ndarray) -> None:
 
 def export_predictions(predict_fn: Any, dataset: Any, spec: InferenceSpec, out_dir: Path | str, *, key: str = "",
                        id_format: str = "labelIds", num_classes: int = 19, device: str | torch.device = "cpu",
-                       autocast_dtype: torch.dtype | None = None, progress: bool = True,
-                       batch_windows: int = 1, overwrite: bool = False) -> ExportResult:
+                       autocast_dtype: torch.dtype | None = None, numerics: Numerics | None = None,
+                       progress: bool = True, batch_windows: int = 1, overwrite: bool = False) -> ExportResult:
     """Write one submission PNG per item of ``dataset`` (a test split built with its test transform).
 
-    Items are dicts with ``image`` float32[3,h,w] (test-resized) and ``label`` at the native size (all 255
-    for a split without ground truth): the scores are resized to that size before argmax.
+    Items are dicts with ``image`` [3,h,w] (uint8 or float, test-resized) and ``label`` at the native size (all
+    255 for a split without ground truth): the scores are resized to that size before argmax. ``numerics`` /
+    ``autocast_dtype``: the model's autocast, as in :func:`benchmarks.evaluate.evaluate_split`.
     """
     if id_format not in ID_FORMATS:
         raise ValueError(f"id_format must be one of {ID_FORMATS}, got {id_format!r}")
@@ -131,6 +133,8 @@ def export_predictions(predict_fn: Any, dataset: Any, spec: InferenceSpec, out_d
     written = 0
 
     def autocast() -> contextlib.AbstractContextManager:
+        if numerics is not None:
+            return numerics.autocast(device.type)
         if autocast_dtype is None:
             return contextlib.nullcontext()
         return torch.autocast(device_type=device.type, dtype=autocast_dtype)
@@ -144,12 +148,12 @@ def export_predictions(predict_fn: Any, dataset: Any, spec: InferenceSpec, out_d
                 bar.update(1)
                 continue
             item = dataset[index]
-            image = torch.as_tensor(item["image"], dtype=torch.float32).to(device).unsqueeze(0)
+            image = torch.as_tensor(item["image"]).to(device, non_blocking=True).float().unsqueeze(0)
             size = tuple(item.get("ori_size") or np.asarray(item["label"]).shape[-2:])
             with torch.inference_mode(), autocast():
                 logits = infer_logits(predict, image, spec, num_classes, batch_windows=batch_windows)
             with torch.inference_mode():
-                pred = resize_logits(logits.float(), size).argmax(1)[0].to(torch.uint8).cpu().numpy()
+                pred = resized_argmax(logits.float(), size)[0].to(torch.uint8).cpu().numpy()
             _write_png(target, encode_prediction(pred, id_format))
             written += 1
             bar.update(1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch.utils.data
 from PIL import Image
 
-from .labels import IGNORE_INDEX, NUM_CLASSES
+from .labels import IGNORE_INDEX, NUM_CLASSES, apply_lut
 
 __all__ = [
     "ConcatSegmentationDataset",
@@ -155,6 +155,10 @@ def read_index_png(path: Path, *, what: str = "label", hint: str = "") -> np.nda
                 "8-bit PNG, one class id per pixel (not a colour visualisation)",
                 "use the official label files, not colour-rendered label images",
             )
+        if im.mode == "L":  # 8-bit gray: libpng through cv2 decodes ~20 % faster than PIL (palettes need PIL)
+            data = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+            if data is not None and data.dtype == np.uint8 and data.shape == (im.height, im.width):
+                return data
         return np.asarray(im, dtype=np.uint8)
 
 
@@ -237,8 +241,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """Label file -> np.uint8[H, W] train ids (255 ignore)."""
         raw = read_index_png(path)
         if path.name.endswith("labelTrainIds.png") or self.label_lut is None:
-            return TRAIN_ID_SANITIZE[raw]
-        return self.label_lut[raw]
+            return apply_lut(raw, TRAIN_ID_SANITIZE)
+        return apply_lut(raw, self.label_lut)
 
     def load(self, i: int) -> dict[str, Any]:
         """Raw sample i: image uint8[H,W,3] RGB, label uint8[H,W] train ids, name, dataset."""

@@ -30,7 +30,7 @@ from .base import (
     missing_labels_error,
     read_index_png,
 )
-from .labels import LABEL_ID_TO_TRAIN_ID
+from .labels import LABEL_ID_TO_TRAIN_ID, apply_lut
 
 GTA5_SPLITS = ("all", "train", "val", "test", "official_train", "official_val", "official_test")
 GTA5_LIST_SPLITS = ("train", "val", "test")
@@ -140,5 +140,5 @@ class GTA5Dataset(SegmentationDataset):
             "do not convert them to RGB.",
         )
         if path.name.endswith("labelTrainIds.png"):
-            return TRAIN_ID_SANITIZE[raw]
-        return LABEL_ID_TO_TRAIN_ID[raw]
+            return apply_lut(raw, TRAIN_ID_SANITIZE)
+        return apply_lut(raw, LABEL_ID_TO_TRAIN_ID)

@@ -16,7 +16,7 @@ import cv2
 import numpy as np
 
 from .base import SamplePair, pair_with_labels, SegmentationDataset, TRAIN_ID_SANITIZE, layout_error, missing_labels_error, read_index_png
-from .labels import IGNORE_INDEX, SYNTHIA_TO_TRAIN_ID
+from .labels import IGNORE_INDEX, SYNTHIA_TO_TRAIN_ID, apply_lut
 
 SYNTHIA_SPLITS = ("all", "train", "val")
 SYNTHIA_LAYOUT = """\
@@ -71,7 +71,7 @@ class SynthiaDataset(SegmentationDataset):
 
     def decode_label(self, path: Path) -> np.ndarray:
         if path.name.endswith("labelTrainIds.png"):
-            return TRAIN_ID_SANITIZE[read_index_png(path)]
+            return apply_lut(read_index_png(path), TRAIN_ID_SANITIZE)
         raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
         if raw is None:
             raise FileNotFoundError(f"cannot read SYNTHIA label {path}")
@@ -89,4 +89,4 @@ class SynthiaDataset(SegmentationDataset):
             )
         ids = raw[:, :, 2]  # R channel of a BGR read
         ids = np.where(ids > 255, IGNORE_INDEX, ids).astype(np.uint8)
-        return SYNTHIA_TO_TRAIN_ID[ids]
+        return apply_lut(ids, SYNTHIA_TO_TRAIN_ID)

@@ -1,12 +1,13 @@
 """Training and test transforms (mmseg-equivalent semantics, own implementation, cv2 resizing).
 
 Train pipeline (mmseg order): rescale -> RandomCrop (cat_max_ratio) -> RandomFlip ->
-PhotoMetricDistortion -> pad to the crop size (image 0, label 255). All randomness comes from the
-``np.random.Generator`` passed in, so ``TrainTransform(aug)(sample, default_rng(seed))`` is a pure
-function of the sample and the seed.
+PhotoMetricDistortion -> pad to the crop size (label 255; the image's padding is overwritten on the device,
+see ``datasets.batching``). All randomness comes from the ``np.random.Generator`` passed in, so
+``TrainTransform(aug)(sample, default_rng(seed))`` is a pure function of the sample and the seed.
 
-Outputs follow the shared contract: image ``torch.float32[3,H,W]`` in 0..255 RGB (not normalised),
-label ``torch.int64[H,W]`` train ids with 255 ignore.
+Outputs follow the shared contract: image ``torch.uint8[3,H,W]`` RGB (not normalised; the device converts and
+normalises), label ``torch.uint8[H,W]`` train ids with 255 ignore; training samples also carry
+``valid_size`` = (h, w), the unpadded part of the crop.
 """
 
 from __future__ import annotations
@@ -176,9 +177,10 @@ def color_jitter(img: np.ndarray, strengths: tuple[float, float, float], rng: np
 
 
 def to_tensors(image: np.ndarray, label: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-    """uint8 HWC RGB + uint8 HW -> float32 [3,H,W] (0..255) and int64 [H,W]."""
-    img_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).float()
-    lab_t = torch.from_numpy(np.ascontiguousarray(label)).long()
+    """uint8 HWC RGB + uint8 HW -> uint8 [3,H,W] and uint8 [H,W] (compact across worker processes; the
+    device converts to float32 / int64, ``datasets.batching.batch_to_device``)."""
+    img_t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))
+    lab_t = torch.from_numpy(np.ascontiguousarray(label))
     return img_t, lab_t
 
 
@@ -226,20 +228,23 @@ class TrainTransform:
         image, label = _resize_pair(image, label, self.target_size(w, h, rng))
         y0, y1, x0, x1 = random_crop_box(label, a.crop_size, a.cat_max_ratio, rng)
         image, label = image[y0:y1, x0:x1], label[y0:y1, x0:x1]
-        if rng.random() < a.hflip_prob:
-            image, label = image[:, ::-1], label[:, ::-1]
+        if rng.random() < a.hflip_prob:  # cv2.flip writes contiguous copies (numpy's [:, ::-1] copies later, slower)
+            image, label = cv2.flip(image, 1), cv2.flip(label, 1)
         image = np.ascontiguousarray(image)
         if a.photometric:
             image = photometric_distortion(image, rng)
         if a.color_jitter is not None:
             image = color_jitter(image, a.color_jitter, rng)
         ch, cw = a.crop_size
+        valid_size = (int(image.shape[0]), int(image.shape[1]))
         ph, pw = max(ch - image.shape[0], 0), max(cw - image.shape[1], 0)
-        if ph or pw:
-            image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=0)
-            label = np.pad(label, ((0, ph), (0, pw)), constant_values=IGNORE_INDEX)
+        if ph or pw:  # the image's 0s become the normalisation mean on the device (mmseg pads after Normalize)
+            image = cv2.copyMakeBorder(image, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))
+            label = cv2.copyMakeBorder(np.ascontiguousarray(label), 0, ph, 0, pw, cv2.BORDER_CONSTANT,
+                                       value=IGNORE_INDEX)
         out = _passthrough(sample)
         out["image"], out["label"] = to_tensors(image, label)
+        out["valid_size"] = valid_size
         return out
 
 

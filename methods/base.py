@@ -136,6 +136,12 @@ class Method(nn.Module, abc.ABC):
     def normalize(self, images: Tensor) -> Tensor:
         return (images - self._mean.to(images.dtype)) / self._std.to(images.dtype)
 
+    @property
+    def pad_color(self) -> Tensor:
+        """The 0..255 colour that ``normalize`` maps to exactly 0: mmseg pads a crop smaller than the crop size
+        *after* normalisation with 0, so the trainer fills padding with this (``datasets.batching``)."""
+        return self._mean.reshape(3)
+
     @abc.abstractmethod
     def training_step(self, images: Tensor, labels: Tensor) -> dict[str, Tensor]:
         """Named, weighted scalar losses for one batch (images 0..255 [B,3,H,W], labels [B,H,W])."""

@@ -304,7 +304,7 @@ class StyleBank:
     @classmethod
     def synthetic(cls, channels: int, *, per_class: int = 4, seed: int = 0) -> "StyleBank":
         """Random styles (mu ~ N(0, 1), sigma ~ U(0.5, 1.5)), ``per_class`` for each train id and 255: same
-        shapes and sampling cost as a mined bank, for timing (``benchmarks.speed``), never for training."""
+        shapes and sampling cost as a mined bank, for timing (``runners.speed``), never for training."""
         g = torch.Generator().manual_seed(seed)
         classes = torch.tensor([c for c in (*range(19), 255) for _ in range(per_class)], dtype=torch.long)
         mu = torch.randn(len(classes), channels, generator=g)
@@ -388,8 +388,8 @@ def _raw_sample(dataset: Any, index: int) -> tuple[np.ndarray, np.ndarray]:
     """(image uint8 [H, W, 3], label uint8 [H, W]) of sample ``index`` before any training transform."""
     sample = dataset.load(index) if hasattr(dataset, "load") else dataset[index]
     image, label = sample["image"], sample["label"]
-    if isinstance(image, Tensor):  # already transformed: float [3, H, W] 0..255
-        image = image.detach().permute(1, 2, 0).clamp(0, 255).round().to(torch.uint8).cpu().numpy()
+    if isinstance(image, Tensor):  # already transformed: [3, H, W] 0..255 (uint8, or float)
+        image = image.detach().permute(1, 2, 0).float().clamp(0, 255).round().to(torch.uint8).cpu().numpy()
     if isinstance(label, Tensor):
         label = label.detach().clamp(0, 255).to(torch.uint8).cpu().numpy()
     return np.asarray(image, dtype=np.uint8), np.asarray(label, dtype=np.uint8)

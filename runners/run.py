@@ -114,10 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "--checkpoint CKPT this exports a trained model")
     parser.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
     parser.add_argument("--workers", type=int, default=None,
-                        help="data loader workers for training and evaluation (default on CUDA: "
-                             "min(12, cores per process - 2); 0 on CPU)")
+                        help="data loader workers for training and evaluation (default on CUDA: twice the "
+                             "method's measured need, README Performance; 0 on CPU)")
     parser.add_argument("--compile", action="store_true",
-                        help="torch.compile the training step (measure first: python -m benchmarks.speed --compile)")
+                        help="torch.compile the training step (measure first: python -m runners.speed --compile)")
     parser.add_argument("--grad-checkpointing", action="store_true",
                         help="activation checkpointing of the ViT blocks (less memory, ~1/3 more compute); "
                              "does not change results or the run's spec hash")
@@ -370,7 +370,7 @@ def gallery_names(run: ResolvedRun, split_spec: SplitSpec, dataset) -> list[str]
     return run.protocol.gallery.select(split_image_names(dataset) or [], split_spec.key)
 
 
-def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, log=print) -> dict[str, Any]:
+def export_splits(run: ResolvedRun, method, device, numerics, progress: bool, log=print) -> dict[str, Any]:
     """Write the protocol's export splits (benchmarks.export) and zip each; returns the record entry."""
     from benchmarks.export import check_submission, export_predictions, zip_submission
 
@@ -381,7 +381,7 @@ def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, l
         folder = run.out / "export" / s.key
         dataset = split_dataset(run, s, build_test_transform(s))
         res = export_predictions(method.predict, dataset, run.protocol.inference, folder, key=s.key, device=device,
-                                 autocast_dtype=amp_dtype, progress=progress)
+                                 numerics=numerics, progress=progress)
         problems = check_submission(folder, dataset, id_format=res.id_format, decode=False)
         if problems:
             raise RuntimeError(f"export {s.key} in {folder} is incomplete: " + "; ".join(problems))
@@ -393,17 +393,21 @@ def export_splits(run: ResolvedRun, method, device, amp_dtype, progress: bool, l
     return out
 
 
-def default_workers(device: torch.device) -> int:
-    """Data loader workers when --workers is not given: none on a CPU; on CUDA min(12, cores per process - 2),
-    leaving cores to the training process. Rein's GTA pipeline (PNG decode dominates) costs ~90 ms per sample
-    on one core of a 2-core machine, so 90 img/s needs ~8 busy workers: check with
-    ``python -m benchmarks.speed --method M --data``."""
+LOADER_WORKERS_PER_GPU: dict[str, int] = {"rein": 4, "set": 4, "vireo": 4, "tqdm": 2, "vltseg": 2}
+"""Loader workers one GPU needs at the method's target speed (README, Performance): ceil(target img/s x CPU
+seconds per GTA5 training sample), the cost measured by ``python -m runners.speed --data`` (about 40 ms)."""
+
+
+def default_workers(device: torch.device, method: str | None = None) -> int:
+    """Data loader workers when --workers is not given: none on a CPU; on CUDA twice the method's measured need
+    (:data:`LOADER_WORKERS_PER_GPU`, 4 when it has no target; the headroom covers slower cores and the heavier
+    test images, e.g. ~100 ms per Mapillary image), at most the cores per process minus one."""
     from runners import distributed
 
     if device.type != "cuda":
         return 0
     per_process = (os.cpu_count() or 2) // max(1, distributed.info().world_size)
-    return max(1, min(12, per_process - 2))
+    return max(1, min(2 * LOADER_WORKERS_PER_GPU.get(method or "", 4), per_process - 1))
 
 
 def eval_batch_windows(args: argparse.Namespace, device: torch.device) -> int:
@@ -425,7 +429,7 @@ def selection_scorer(run: ResolvedRun, method: Method, device: torch.device, num
         was_training = method.training
         method.eval()
         ev = evaluate_split(method.predict, dataset, run.protocol.inference, key=f"{split.key}-it{iteration}",
-                            device=device, out_dir=run.out / "selection", autocast_dtype=numerics.autocast_dtype,
+                            device=device, out_dir=run.out / "selection", numerics=numerics,
                             progress=False, batch_windows=eval_batch_windows(args, device))
         method.train(was_training)
         miou = split_result(run, ev, split)["miou"]
@@ -500,7 +504,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
             f"batch {run.recipe.batch_size}, on {device}")
         with distributed.main_first():  # e.g. FAMix's style mining: rank 0 fills the cache, the others read it
             prepared = method.prepare(train_set, default_hash_cache().parent, log, seed=run.seed, device=device)
-        workers = args.workers if args.workers is not None else default_workers(device)
+        workers = args.workers if args.workers is not None else default_workers(device, run.method_class.name)
         if getattr(args, "grad_checkpointing", False):
             set_grad_checkpointing(method, True)
         train_set, sampler_factory, rcs_info = rare_class_setup(run, train_set, log)
@@ -526,7 +530,6 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
                 f"({run.protocol.reference.key} mIoU {result.selection['best_miou']:.2f}; {report.summary()})")
     method.to(device).eval()
 
-    amp_dtype = numerics.autocast_dtype
     splits = list(run.protocol.targets)
     if not args.no_reference:
         splits.append(run.protocol.reference)
@@ -537,10 +540,11 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
         galleries[split_spec.key] = gallery_names(run, split_spec, dataset)
         evaluations[split_spec.key] = evaluate_split(
             method.predict, dataset, run.protocol.inference, key=split_spec.key, device=device,
-            out_dir=run.out / "eval", autocast_dtype=amp_dtype, progress=show_bars(args),
+            out_dir=run.out / "eval", numerics=numerics, progress=show_bars(args),
             batch_windows=eval_batch_windows(args, device), resume=args.resume, gallery=galleries[split_spec.key],
             gallery_dir=run.out / PREDICTIONS_DIR / split_spec.key,
-            num_workers=args.workers if getattr(args, "workers", None) is not None else default_workers(device))
+            num_workers=args.workers if getattr(args, "workers", None) is not None
+            else default_workers(device, run.method_class.name))
     eval_seconds = time.perf_counter() - t_eval
 
     targets = {s.key: split_result(run, evaluations[s.key], s, galleries[s.key]) for s in run.protocol.targets}
@@ -572,7 +576,7 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     logger.log_eval(results, int(train_info.get("iterations") or 0))
     logger.close()
     if args.export:  # after the scores are safely written
-        record["exports"] = export_splits(run, method, device, amp_dtype, show_bars(args), log)
+        record["exports"] = export_splits(run, method, device, numerics, show_bars(args), log)
         write_json_atomic(run.out / RECORD_FILE, record)
     return record
 

@@ -25,9 +25,12 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Sampler
 
 from benchmarks.numerics import Numerics, resolve_numerics
+from datasets.batching import batch_to_device, collate
 from methods.base import Method, TrainRecipe
 from runners import distributed
 from runners.records import atomic_write
+
+__all__ = ["DeterministicSampler", "Trainer", "TrainResult", "build_optimizer", "collate", "lr_factor", "train_step"]
 
 
 # ---------------------------------------------------------------------------------------------- data order
@@ -64,12 +67,6 @@ class DeterministicSampler(Sampler):
         return (self.iterations - self.start_iter) * self.batch_size
 
 
-def collate(samples: list[dict]) -> dict[str, Any]:
-    return {
-        "image": torch.stack([s["image"] for s in samples]),
-        "label": torch.stack([s["label"] for s in samples]),
-        "name": [s["name"] for s in samples],
-    }
 
 
 # ---------------------------------------------------------------------------------------------- schedule
@@ -109,6 +106,22 @@ def build_optimizer(method: Method, recipe: TrainRecipe) -> torch.optim.Optimize
     if recipe.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, weight_decay=recipe.weight_decay)
     raise ValueError(f"unknown optimizer {recipe.optimizer!r}")
+
+
+def train_step(step: Callable[[Tensor, Tensor], dict[str, Tensor]], optimizer: torch.optim.Optimizer,
+               params: list[Tensor], images: Tensor, labels: Tensor, *, autocast: Any, grad_clip: float | None
+               ) -> tuple[Tensor, dict[str, Tensor], Tensor | None]:
+    """One optimisation step as the trainer runs it (the speed benchmark times this very function): the losses
+    under ``autocast``, their sum, ``zero_grad``, ``backward``, gradient clipping when the recipe clips, the
+    optimizer step. Returns (total loss, losses, gradient norm or None)."""
+    with autocast:
+        losses = step(images, labels)
+    total = sum(losses.values())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, grad_clip) if grad_clip is not None else None
+    optimizer.step()
+    return total, losses, grad_norm
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
@@ -305,6 +318,7 @@ class Trainer:
                             # own generator: creating the loader must not consume the global RNG (exact resume)
                             generator=torch.Generator().manual_seed(self.seed))
         params = [p for g in optimizer.param_groups for p in g["params"]]
+        pad_color = getattr(method, "pad_color", None)
         method.train()
         bar = None
         if self.progress and dist.is_main and sys.stderr.isatty():
@@ -318,17 +332,11 @@ class Trainer:
         for batch in loader:
             for g in optimizer.param_groups:
                 g["lr"] = lr_factor(recipe, iteration, g["initial_lr"])
-            images = batch["image"].to(device, non_blocking=True)
-            labels = batch["label"].to(device, non_blocking=True)
-            with self.numerics.autocast(device.type):
-                losses = step(images, labels)
-            total = sum(losses.values())
-            optimizer.zero_grad(set_to_none=True)
-            total.backward()
-            grad_norm = None
-            if recipe.grad_clip is not None:
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, recipe.grad_clip)
-            optimizer.step()
+            # uint8 batches from pinned memory; float conversion and mmseg's padding (mean colour) on the device
+            images, labels = batch_to_device(batch, device, pad_color=pad_color)
+            total, losses, grad_norm = train_step(
+                step, optimizer, params, images, labels, grad_clip=recipe.grad_clip,
+                autocast=self.numerics.autocast(device.type))
             iteration += 1
             if bar is not None:
                 bar.update(1)

@@ -16,6 +16,16 @@ torch.set_num_threads(1 if _parallel else max(1, min(2, os.cpu_count() or 1)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): with tiny
+    tensors on the shared 2-core machine, two OpenMP threads made each step ~10x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def fixtures_dir():
     """../shared/fixtures (real dataset files in their official layouts)."""

@@ -243,3 +243,39 @@ def test_load_confusions_errors(tmp_path):
     np.savez(tmp_path / "bad.npz", foo=np.zeros(3))
     with pytest.raises(ValueError, match="missing arrays"):
         load_confusions(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("label_hw,logit_hw", [((128, 256), (64, 128)), ((100, 100), (37, 37)), ((33, 50), (7, 9))])
+def test_resized_argmax_is_bit_identical_to_full_resize_then_argmax(label_hw, logit_hw):
+    """The fixtures' label sizes (pseudo Cityscapes 256x128, pseudo Mapillary 100x100): scoring one class at a
+    time gives the labels of the one-shot float32 resize, ties included (lower class wins, as argmax)."""
+    from benchmarks.evaluate import resized_argmax
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 19, *logit_hw, generator=g)
+    logits[:, 6] = logits[:, 1] = logits.abs().amax(1) + 1  # exact ties across chunks
+    logits[1, 17] = logits[1, 13]                          # and ties that only sometimes win
+    expected = torch.nn.functional.interpolate(logits, size=label_hw, mode="bilinear",
+                                               align_corners=False).argmax(1)
+    got = resized_argmax(logits, label_hw)
+    assert got.dtype == torch.int64 and torch.equal(got, expected)
+
+
+def test_evaluate_split_takes_the_autocast_of_the_run_numerics(tmp_path, monkeypatch):
+    """evaluate_split(numerics=...) enters Numerics.autocast, the context the trainer uses."""
+    from benchmarks.numerics import Numerics, resolve_numerics
+
+    entered = []
+    original = Numerics.autocast
+
+    def spy(self, device_type):
+        entered.append(device_type)
+        return original(self, device_type)
+
+    monkeypatch.setattr(Numerics, "autocast", spy)
+    data = [{"image": torch.zeros(3, 8, 8, dtype=torch.uint8), "label": torch.zeros(8, 8, dtype=torch.uint8),
+             "name": "a"}]
+    spec = InferenceSpec(mode="whole")
+    evaluate_split(lambda x: torch.zeros(x.shape[0], 19, *x.shape[-2:]), data, spec, key="k", out_dir=tmp_path,
+                   progress=False, numerics=resolve_numerics("fp32", "cpu"))
+    assert entered == ["cpu"]

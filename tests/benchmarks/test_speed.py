@@ -1,11 +1,8 @@
-"""benchmarks.speed on a CPU with the miniature configs: the table, FLOP counting, activation checkpointing,
-the data-pipeline mode, protocol geometry, and batched sliding windows / prefetching in evaluation."""
+"""benchmarks.speed as a library on a CPU: FLOP counting, peaks, the modes' numerics (benchmarks.numerics), data
+loading against the plain baseline, scoring at native resolution, protocol geometry, prefetching in evaluation.
+The command and the model-level suites are tested in tests/runners/test_speed.py."""
 
 from __future__ import annotations
-
-import dataclasses
-import json
-import math
 
 import pytest
 import torch
@@ -16,43 +13,7 @@ from benchmarks.evaluate import evaluate_split, infer_logits
 from benchmarks.protocols import InferenceSpec, get_protocol
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads made each step ~10x slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def frozen_m2f():
-    return speed.resolve_method("frozen_m2f", scale="miniature", batch_size=2, res=64, eval_res=64, eval_batch=2)
-
-
-def test_cli_prints_fp32_eager_vs_optimized_table_and_equal_flops(tmp_path, capsys):
-    out = tmp_path / "speed.json"
-    rc = speed.main(["--method", "frozen_m2f", "--scale", "miniature", "--device", "cpu", "--batch-size", "2",
-                     "--res", "64", "--eval-res", "64", "--eval-batch", "2", "--steps", "1", "--warmup", "1",
-                     "--json", str(out)])
-    assert rc == 0
-    text = capsys.readouterr().out
-    table = text[text.index("metric"):]
-    header = table.splitlines()[0]
-    assert "fp32 eager" in header and "optimized" in header and "ratio" in header
-    for row in ("train img/s", "train GFLOP/img", "train MFU %", "eval windows/s", "eval TFLOP/s"):
-        assert row in table
-    report = json.loads(out.read_text())
-    train, ev = report["train"], report["eval"]
-    assert set(train) == set(ev) == {"fp32_eager", "optimized"}
-    flops = {m: train[m]["flops_per_step"] for m in train}
-    assert flops["fp32_eager"] > 0 and flops["fp32_eager"] == flops["optimized"]
-    assert ev["fp32_eager"]["flops_per_call"] > 0 and ev["fp32_eager"]["flops_per_call"] == ev["optimized"]["flops_per_call"]
-    # attention FLOPs are part of the count (CPU SDPA kernel included)
-    assert sum(train["optimized"]["flop_detail"]["attention_flops"].values()) > 0
-    assert all(train[m]["img_per_s"] > 0 and math.isfinite(train[m]["first_loss"]) for m in train)
-    assert report["attention"]["all_timm_fused"]
-    assert report["modes"]["optimized"]["settings"] != report["modes"]["fp32_eager"]["settings"]
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_flop_counter_counts_cpu_sdpa_forward_and_backward():
@@ -62,42 +23,6 @@ def test_flop_counter_counts_cpu_sdpa_forward_and_backward():
     fwd = 2 * (2 * b * h * n * n * d)  # QK^T and PV
     assert sum(res["attention_flops"].values()) == fwd + 2.5 * fwd  # backward: 5 matmuls of the same size
     assert res["calls"]
-
-
-def test_grad_checkpointing_same_loss_and_grads_finetuned_backbone(frozen_m2f):
-    config = dataclasses.replace(frozen_m2f.config)
-    config.vit = dataclasses.replace(config.vit, frozen=False)  # fine-tuned backbone: checkpointing applies
-    spec = speed.resolve_method("frozen_m2f", scale="miniature", res=64, config=config)
-    res = speed.check_grad_checkpointing(spec, batch=2, res=(64, 64))
-    assert res["recomputed_blocks"] == config.vit.depth and res["recomputed_blocks_without"] == 0
-    assert res["loss_abs_diff"] <= 1e-5 * max(1.0, abs(res["loss_without"]))
-    assert res["max_rel_grad_diff"] < 1e-4 and res["num_grads"] > 0
-
-
-def test_grad_checkpointing_frozen_backbone_with_trainable_refinement():
-    """Rein: frozen backbone in eval mode, gradients reach its tokens through the blocks: checkpointed too."""
-    from methods.registry import list_methods
-
-    if "rein" not in list_methods():
-        pytest.skip("rein is not registered yet")
-    spec = speed.resolve_method("rein", scale="miniature", res=64)
-    res = speed.check_grad_checkpointing(spec, batch=2, res=(64, 64))
-    depth = spec.config.vit.depth
-    assert res["recomputed_blocks"] == depth - 1  # block 0 sees no trainable input
-    assert res["loss_abs_diff"] <= 1e-5 * max(1.0, abs(res["loss_without"]))
-    assert res["max_rel_grad_diff"] < 1e-4
-
-
-def test_data_mode_with_0_and_1_workers(tmp_path, capsys):
-    out = tmp_path / "data.json"
-    rc = speed.main(["--method", "frozen_m2f", "--scale", "miniature", "--device", "cpu", "--data-only",
-                     "--data-size", "96x160", "--data-images", "3", "--data-workers", "0,1", "--data-batches", "2",
-                     "--json", str(out)])
-    assert rc == 0
-    rows = json.loads(out.read_text())["data"]["rows"]
-    assert [r["workers"] for r in rows] == [0, 1]
-    assert all(r["img_per_s"] > 0 and r["batches"] >= 2 for r in rows)
-    assert "img/s (steady)" in capsys.readouterr().out
 
 
 def test_gta2cbm_geometry():
@@ -114,18 +39,6 @@ def test_peak_table():
     assert speed.peak_tflops("NVIDIA H200")["fp32"] == 67.0
     assert speed.peak_tflops("NVIDIA A100-SXM4-80GB")["bf16"] == 312.0
     assert speed.peak_tflops("Some CPU") is None
-
-
-def test_batched_windows_give_the_same_slide_scores(frozen_m2f):
-    method = frozen_m2f.build(torch.device("cpu")).eval()
-    image = torch.rand(1, 3, 100, 150, generator=torch.Generator().manual_seed(3)) * 255
-    spec = InferenceSpec(mode="slide", crop_size=(64, 64), stride=(43, 43))
-    with torch.inference_mode():
-        one = infer_logits(method.predict, image, spec, 19, batch_windows=1)
-        eight = infer_logits(method.predict, image, spec, 19, batch_windows=8)
-    # same windows and stitching; batched matmuls may round differently in the last bits
-    torch.testing.assert_close(eight, one, rtol=1e-5, atol=1e-5)
-    assert torch.equal(eight.argmax(1), one.argmax(1))
 
 
 class _Split(torch.utils.data.Dataset):
@@ -156,17 +69,73 @@ def test_evaluate_split_prefetch_workers_give_identical_confusions(tmp_path):
     assert (a.confusion == b.confusion).all() and a.confusion.sum() > 0
 
 
-def test_famix_is_benchmarked_with_a_synthetic_style_bank(tmp_path, capsys):
-    """FAMix trains with style mixing from a mined bank; the speed benchmark stands in a synthetic bank of
-    the same shape (same sampling and mixing cost) instead of crashing for want of one."""
-    out = tmp_path / "speed.json"
-    rc = speed.main(["--method", "famix", "--scale", "miniature", "--device", "cpu", "--batch-size", "2",
-                     "--res", "64", "--eval-res", "64", "--eval-batch", "1", "--steps", "1", "--warmup", "1",
-                     "--json", str(out)])
-    assert rc == 0
-    train = json.loads(out.read_text())["train"]
-    assert all(train[m]["img_per_s"] > 0 for m in train)
-    spec = speed.resolve_method("famix", scale="miniature")
-    method = spec.build(torch.device("cpu"))
-    assert method.style_bank is not None and method.style_bank.meta == {"synthetic": True}
-    assert method.style_bank.channels == spec.config.resnet.channels[0]
+def test_modes_use_the_numerics_function_and_restore_the_flags():
+    from benchmarks.numerics import resolve_numerics
+    from benchmarks.speed.timing import precision
+
+    cuda = torch.device("cuda")  # flags only; no GPU needed
+    before = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    opt, base = speed.optimized_mode(cuda, precision="tf32"), speed.baseline_mode(cuda)
+    assert opt.numerics == resolve_numerics("tf32", cuda) and base.numerics == resolve_numerics("fp32", cuda)
+    with precision(opt, cuda):
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    with precision(base, cuda):
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.benchmark
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == before
+    assert speed.optimized_mode(cuda).amp_dtype == torch.bfloat16
+    assert speed.optimized_mode(torch.device("cpu")).amp_dtype is None
+
+
+def test_loading_ours_equals_the_plain_cv2_baseline(tmp_path):
+    """Every recipe shape (rescale modes, cat_max_ratio, flip, photometric, colour jitter, padding) and a test
+    resize give the same tensors as the plain baseline; the table ends with the worst ratio."""
+    from benchmarks.speed.data import eval_cases, train_cases, write_bdd_like
+    from benchmarks.speed.report import loading_table
+    from datasets.transforms import TrainAugmentation
+
+    gta = speed.write_gta_like(tmp_path / "gta", 2, (90, 150))
+    bdd = write_bdd_like(tmp_path / "bdd", 2, (72, 128))
+    recipes = {
+        "ratio": (TrainAugmentation(crop_size=(64, 64), ratio_range=(0.5, 2.0)), ""),
+        "short": (TrainAugmentation(crop_size=(128, 128), rescale="short_edge_choices",
+                                    short_edge_choices=(64, 96)), ""),
+        "fixed": (TrainAugmentation(crop_size=(48, 200), rescale="fixed", fixed_size=(160, 90),
+                                    hflip_prob=1.0), ""),
+        "jitter": (TrainAugmentation(crop_size=(96, 96), rescale="none", photometric=False,
+                                     color_jitter=(0.8, 0.8, 0.8)), ""),
+    }
+    cases = train_cases({"tiny": gta}, recipes) + eval_cases({"tiny": {"bdd100k": bdd}},
+                                                             get_protocol("gta2cbm", variant="vltseg"))
+    rows = speed.bench_loading(cases, reps=1, max_images=2, min_samples=1)
+    assert len(rows) == 5 and all(r["identical"] for r in rows), [(r["case"], r["identical"]) for r in rows]
+    assert rows[2]["out_shape"] == (3, 48, 200)
+    assert rows[-1]["out_shape"] == (3, 512, 910)  # vltseg: keep-ratio fit into 1024x512
+    assert all(r["ratio"] > 0 for r in rows)
+    last = loading_table(rows).splitlines()[-1]
+    assert last == f"worst ratio vs baseline: {max(r['ratio'] for r in rows):.3f}"
+
+
+def test_plain_baseline_sees_a_broken_pipeline(tmp_path):
+    """The identity check is real: a transform that differs (no flip) is reported."""
+    from benchmarks.speed.data import LoadCase, plain_train_sample
+    from datasets import build_dataset
+    from datasets.transforms import TrainAugmentation, TrainTransform
+
+    gta = speed.write_gta_like(tmp_path / "gta", 1, (64, 96))
+    aug = TrainAugmentation(crop_size=(64, 64), rescale="none", hflip_prob=1.0, photometric=False)
+    ds = build_dataset("gta5", "all", gta, transform=TrainTransform(TrainAugmentation(
+        crop_size=(64, 64), rescale="none", hflip_prob=0.0, photometric=False)))
+    case = LoadCase("mismatch", ds, lambda i, rng: plain_train_sample(ds, i, aug, rng))
+    assert not speed.bench_loading([case], reps=1, max_images=1, min_samples=1)[0]["identical"]
+
+
+def test_scoring_rows_identical_labels_and_full_tensor_size():
+    rows = speed.bench_scoring({"tiny": ((20, 30), (61, 90))}, device=torch.device("cpu"), reps=1, memory=False)
+    assert rows[0]["identical"] and rows[0]["full_tensor_gib"] == 19 * 61 * 90 * 4 / 2**30
+    assert rows[0]["full_ms"] > 0 and rows[0]["tiled_ms"] > 0
+
+
+def test_benchmarks_speed_entry_names_the_command():
+    from benchmarks.speed.cli import main
+
+    assert main(["--data"], models=None) == 2

@@ -208,8 +208,8 @@ def test_getitem_seeded_augmentation(tmp_path):
     ds = build_dataset("gta5", "all", root, transform=tf)
     a, b = ds[(1, 1234)], ds[(1, 1234)]
     assert torch.equal(a["image"], b["image"]) and torch.equal(a["label"], b["label"])
-    assert a["image"].dtype == torch.float32 and a["image"].shape == (3, 16, 16)
-    assert a["label"].dtype == torch.int64 and a["name"] == "00002" and a["dataset"] == "gta5"
+    assert a["image"].dtype == torch.uint8 and a["image"].shape == (3, 16, 16)
+    assert a["label"].dtype == torch.uint8 and a["name"] == "00002" and a["dataset"] == "gta5"
     assert torch.equal(ds[1]["image"], ds[(1, 1)]["image"])  # plain index seeds with the index
     assert any(not torch.equal(ds[(1, s)]["image"], a["image"]) for s in range(5))
     raw = build_dataset("gta5", "all", root)[0]

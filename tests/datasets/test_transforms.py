@@ -47,20 +47,19 @@ def make_sample(h=40, w=60, seed=0):
 def test_train_transform_types_and_padding():
     aug = TrainAugmentation(crop_size=(64, 80), rescale="none", photometric=False, hflip_prob=0.0)
     out = TrainTransform(aug)(make_sample(), np.random.default_rng(0))
-    assert out["image"].dtype == torch.float32 and out["image"].shape == (3, 64, 80)
-    assert out["label"].dtype == torch.int64 and out["label"].shape == (64, 80)
-    assert out["name"] == "x" and out["dataset"] == "d"
-    assert torch.all(out["image"][:, 40:] == 0) and torch.all(out["image"][:, :, 60:] == 0)
+    assert out["image"].dtype == torch.uint8 and out["image"].shape == (3, 64, 80)  # compact across workers
+    assert out["label"].dtype == torch.uint8 and out["label"].shape == (64, 80)
+    assert out["name"] == "x" and out["dataset"] == "d" and out["valid_size"] == (40, 60)
     assert torch.all(out["label"][40:] == 255) and torch.all(out["label"][:, 60:] == 255)
     s = make_sample()
-    assert torch.equal(out["image"][:, :40, :60], torch.from_numpy(s["image"]).permute(2, 0, 1).float())
+    assert torch.equal(out["image"][:, :40, :60], torch.from_numpy(s["image"]).permute(2, 0, 1))
 
 
 def test_flip_flips_image_and_label_together():
     s = make_sample()
     aug = TrainAugmentation(crop_size=(40, 60), rescale="none", photometric=False, hflip_prob=1.0, cat_max_ratio=1.0)
     out = TrainTransform(aug)(s, np.random.default_rng(0))
-    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), s["image"][:, ::-1].astype(np.float32))
+    np.testing.assert_array_equal(out["image"].permute(1, 2, 0).numpy(), s["image"][:, ::-1])
     np.testing.assert_array_equal(out["label"].numpy(), s["label"][:, ::-1])
 
 
@@ -164,8 +163,8 @@ def test_test_transform_keeps_native_label():
     s = {"image": np.zeros((1024, 2048, 3), np.uint8), "label": np.ones((1024, 2048), np.uint8), "name": "n",
          "dataset": "cityscapes"}
     out = TestTransform((1024, 512))(s)
-    assert out["image"].shape == (3, 512, 1024) and out["image"].dtype == torch.float32
-    assert out["label"].shape == (1024, 2048) and out["label"].dtype == torch.int64
+    assert out["image"].shape == (3, 512, 1024) and out["image"].dtype == torch.uint8
+    assert out["label"].shape == (1024, 2048) and out["label"].dtype == torch.uint8
     assert out["ori_size"] == (1024, 2048) and out["dataset"] == "cityscapes"
     native = TestTransform(None)(s)
     assert native["image"].shape == (3, 1024, 2048)
