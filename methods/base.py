@@ -210,9 +210,11 @@ class Method(nn.Module, abc.ABC):
     def load_checkpoint(self, state: Mapping[str, Tensor] | str | Path, *, strict: bool = False) -> KeyReport:
         """Load a (trainable-only or full) state dict; report missing trainable keys and unexpected keys."""
         if not isinstance(state, Mapping):
-            path = Path(state)
-            obj = torch.load(path, map_location="cpu", weights_only=False)
-            state = obj.get("model", obj.get("state_dict", obj)) if isinstance(obj, dict) else obj
+            state = torch.load(Path(state), map_location="cpu", weights_only=False)
+        for wrapper in ("model", "state_dict"):  # our checkpoints / mmseg's: the state dict sits under a key
+            if isinstance(state.get(wrapper), Mapping):
+                state = state[wrapper]
+                break
         state = self.convert_checkpoint(dict(state))
         own = self.state_dict()
         unexpected = sorted(k for k in state if k not in own)

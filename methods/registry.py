@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # methods.base imports torch; the registry's names are listed without it (fast --help)
     from methods.base import Method, MethodConfig
 
-_SHARED_MODULES = frozenset({"base", "registry", "weights", "vit_m2f"})
+_SHARED_MODULES = frozenset({"released", "base", "registry", "weights", "vit_m2f"})
 """Modules of the ``methods`` package that hold shared pieces, not methods."""
 
 

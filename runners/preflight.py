@@ -208,8 +208,8 @@ def check_checkpoint(method, path: str | os.PathLike) -> None:
     except Exception as exc:  # truncated zip, pickle errors, ...: all mean an unusable file
         raise UserError(f"checkpoint cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0][:160]})",
                         path, "the file is truncated or not a PyTorch checkpoint; copy it again") from None
-    if isinstance(state, dict) and not any(k in state for k in ("model", "state_dict")) and \
-            not any(hasattr(v, "shape") for v in state.values()):
+    if isinstance(state, dict) and not any(hasattr(v, "shape") or isinstance(v, dict) for v in state.values()):
+        # neither tensors nor a nested state dict (ours: "model", mmseg: "state_dict", FAMix: "model_state")
         raise UserError("checkpoint holds no state dict", path, "pass a model checkpoint (model_final.pt, "
                         "checkpoints/last.pt or an official release of this method)")
     import warnings
