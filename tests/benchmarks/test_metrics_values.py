@@ -112,11 +112,12 @@ def test_confusion_matrix_errors_name_the_problem():
 def test_rpd_drop_and_mean_by_hand():
     assert rpd(45.0, 60.0) == 75.0 and relative_drop(45.0, 60.0) == 25.0
     assert rpd(0.0, 60.0) == 0.0 and rpd(90.0, 60.0) == 150.0  # more than in-domain is allowed
+    assert rpd(0.25, 0.5) == 50.0  # any positive source mIoU is a valid reference, also below 1
     for bad in (0.0, -3.0, float("nan")):
         with pytest.raises(ValueError, match="source .* mIoU must be > 0"):
             rpd(50.0, bad)
     # mean, not median (20) nor midrange (35)
     assert mean_over_targets({"cityscapes": 10.0, "bdd100k": 20.0, "mapillary": 60.0}) == 30.0
     assert mean_over_targets({"a": "4.5"}) == 4.5
-    with pytest.raises(ValueError, match="no target values"):
+    with pytest.raises(ValueError, match="^mean_over_targets: no target values given$"):
         mean_over_targets({})
