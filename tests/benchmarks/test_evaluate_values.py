@@ -256,3 +256,15 @@ def test_prefetching_workers_give_the_same_files_and_skip_finished_images(tmp_pa
                          num_workers=1, resume=True)
     assert len(model.autocast) == 2  # only im2 and im3 were predicted
     np.testing.assert_array_equal(load_confusions(res.per_image_path)[1], cms)
+
+
+def test_failure_message_without_names_gives_the_index_only(tmp_path):
+    class Broken(Split):
+        def __getitem__(self, i):
+            if i == 1:
+                raise OSError("unreadable")
+            return super().__getitem__(i)
+
+    with pytest.raises(Exception, match=r"failed on image #1: OSError: unreadable\. 1 finished image\(s\)"):
+        evaluate_split(positional_predict, Broken(n=3), SLIDE, key="k", num_classes=C, out_dir=tmp_path,
+                       progress=False)
