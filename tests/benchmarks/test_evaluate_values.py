@@ -268,3 +268,38 @@ def test_failure_message_without_names_gives_the_index_only(tmp_path):
     with pytest.raises(Exception, match=r"failed on image #1: OSError: unreadable\. 1 finished image\(s\)"):
         evaluate_split(positional_predict, Broken(n=3), SLIDE, key="k", num_classes=C, out_dir=tmp_path,
                        progress=False)
+
+
+class Tiny:
+    """51 tiny images of 19 classes, names from the items only (a ``names`` list of the wrong length is ignored)."""
+
+    names = ["only-one"]
+
+    def __init__(self, n=51):
+        g = torch.Generator().manual_seed(5)
+        self.items = [dict(image=torch.rand(3, 4, 4, generator=g) * 255, name=f"t{i:02d}",
+                           label=torch.tensor([[0, 18, 255, 7]] * 4)) for i in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_evaluate_split_defaults(tmp_path, capsys):
+    whole = InferenceSpec(mode="whole", crop_size=None, stride=None)
+    weight = torch.randn(19, 3, generator=torch.Generator().manual_seed(6))
+    seen = []
+
+    def predict(x):
+        seen.append(load_confusions(partial_path(tmp_path, "d"))[0] if partial_path(tmp_path, "d").exists() else [])
+        return torch.einsum("oc,bchw->bohw", weight, x / 255.0)
+
+    save_confusions(confusion_path(tmp_path, "d"), ["t00"], np.zeros((1, 19, 19), np.int64), 19)  # stale: no resume
+    res = evaluate_split(predict, Tiny(), whole, key="d", out_dir=tmp_path)  # num_classes 19, ignore 255
+    assert res.confusion.shape == (19, 19) and res.confusion.sum() == 51 * 12  # 4 of 16 pixels ignored
+    assert res.confusion[0].sum() == res.confusion[18].sum() == res.confusion[7].sum() == 51 * 4
+    assert len(seen) == 51 and seen[49] == [] and seen[50] == [f"t{i:02d}" for i in range(50)]  # every 50 images
+    assert load_confusions(res.per_image_path)[0][0] == "t00" and load_confusions(res.per_image_path)[1][0].sum() == 12
+    assert "eval d" in capsys.readouterr().err  # a progress bar by default
