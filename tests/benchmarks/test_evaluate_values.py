@@ -88,11 +88,12 @@ class Split:
 def test_window_grid_listed_by_hand():
     assert slide_windows(20, 28, (16, 16), (11, 11)) == BOXES_20x28
     # non-square crop and stride: rows use crop[0]/stride[0], columns crop[1]/stride[1]
-    assert slide_windows(10, 30, (8, 12), (5, 10)) == [(0, 8, 0, 12), (0, 8, 10, 22), (0, 8, 18, 30),
-                                                       (2, 10, 0, 12), (2, 10, 10, 22), (2, 10, 18, 30)]
+    rows, cols = [(0, 8), (5, 13), (10, 18), (12, 20)], [(0, 12), (10, 22), (18, 30)]
+    assert slide_windows(20, 30, (8, 12), (5, 10)) == [(*r, *c) for r in rows for c in cols]
     assert slide_windows(16, 16, (16, 16), (11, 11)) == [(0, 16, 0, 16)]  # exactly one crop: one window
     assert slide_windows(17, 16, (16, 16), (11, 11)) == [(0, 16, 0, 16), (1, 17, 0, 16)]
-    for bad in ((0, 28, (16, 16), (11, 11)), (20, 28, (16, 0), (11, 11)), (20, 28, (16, 16), (11, 0))):
+    for bad in ((0, 28, (16, 16), (11, 11)), (20, 0, (16, 16), (11, 11)), (20, 28, (0, 16), (11, 11)),
+                (20, 28, (16, 0), (11, 11)), (20, 28, (16, 16), (0, 11)), (20, 28, (16, 16), (11, 0))):
         with pytest.raises(ValueError, match="positive"):
             slide_windows(*bad)
 
@@ -134,7 +135,7 @@ def test_input_shape_errors():
         infer_logits(positional_predict, torch.zeros(3, 8, 8), SLIDE, C)
     with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
         infer_logits(positional_predict, torch.zeros(1, 1, 8, 8), SLIDE, C)
-    with pytest.raises(ValueError, match="expected scores of shape"):
+    with pytest.raises(ValueError, match=r"returned \(1, 4, 8, 7\), expected scores of shape \(1, 4, 8, 8\)"):
         infer_logits(lambda x: x[:, :1].repeat(1, C, 1, 1)[..., :-1], torch.zeros(1, 3, 8, 8), SLIDE, C)
     with pytest.raises(ValueError, match="list"):
         infer_logits(lambda x: [x], torch.zeros(1, 3, 8, 8), SLIDE, C)
