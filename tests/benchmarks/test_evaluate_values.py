@@ -88,11 +88,12 @@ class Split:
 def test_window_grid_listed_by_hand():
     assert slide_windows(20, 28, (16, 16), (11, 11)) == BOXES_20x28
     # non-square crop and stride: rows use crop[0]/stride[0], columns crop[1]/stride[1]
-    assert slide_windows(10, 30, (8, 12), (5, 10)) == [(0, 8, 0, 12), (0, 8, 10, 22), (0, 8, 18, 30),
-                                                       (2, 10, 0, 12), (2, 10, 10, 22), (2, 10, 18, 30)]
+    rows, cols = [(0, 8), (5, 13), (10, 18), (12, 20)], [(0, 12), (10, 22), (18, 30)]
+    assert slide_windows(20, 30, (8, 12), (5, 10)) == [(*r, *c) for r in rows for c in cols]
     assert slide_windows(16, 16, (16, 16), (11, 11)) == [(0, 16, 0, 16)]  # exactly one crop: one window
     assert slide_windows(17, 16, (16, 16), (11, 11)) == [(0, 16, 0, 16), (1, 17, 0, 16)]
-    for bad in ((0, 28, (16, 16), (11, 11)), (20, 28, (16, 0), (11, 11)), (20, 28, (16, 16), (11, 0))):
+    for bad in ((0, 28, (16, 16), (11, 11)), (20, 0, (16, 16), (11, 11)), (20, 28, (0, 16), (11, 11)),
+                (20, 28, (16, 0), (11, 11)), (20, 28, (16, 16), (0, 11)), (20, 28, (16, 16), (11, 0))):
         with pytest.raises(ValueError, match="positive"):
             slide_windows(*bad)
 
@@ -134,7 +135,7 @@ def test_input_shape_errors():
         infer_logits(positional_predict, torch.zeros(3, 8, 8), SLIDE, C)
     with pytest.raises(ValueError, match=r"\[B,3,H,W\]"):
         infer_logits(positional_predict, torch.zeros(1, 1, 8, 8), SLIDE, C)
-    with pytest.raises(ValueError, match="expected scores of shape"):
+    with pytest.raises(ValueError, match=r"returned \(1, 4, 8, 7\), expected scores of shape \(1, 4, 8, 8\)"):
         infer_logits(lambda x: x[:, :1].repeat(1, C, 1, 1)[..., :-1], torch.zeros(1, 3, 8, 8), SLIDE, C)
     with pytest.raises(ValueError, match="list"):
         infer_logits(lambda x: [x], torch.zeros(1, 3, 8, 8), SLIDE, C)
@@ -256,3 +257,50 @@ def test_prefetching_workers_give_the_same_files_and_skip_finished_images(tmp_pa
                          num_workers=1, resume=True)
     assert len(model.autocast) == 2  # only im2 and im3 were predicted
     np.testing.assert_array_equal(load_confusions(res.per_image_path)[1], cms)
+
+
+def test_failure_message_without_names_gives_the_index_only(tmp_path):
+    class Broken(Split):
+        def __getitem__(self, i):
+            if i == 1:
+                raise OSError("unreadable")
+            return super().__getitem__(i)
+
+    with pytest.raises(Exception, match=r"failed on image #1: OSError: unreadable\. 1 finished image\(s\)"):
+        evaluate_split(positional_predict, Broken(n=3), SLIDE, key="k", num_classes=C, out_dir=tmp_path,
+                       progress=False)
+
+
+class Tiny:
+    """51 tiny images of 19 classes, names from the items only (a ``names`` list of the wrong length is ignored)."""
+
+    names = ["only-one"]
+
+    def __init__(self, n=51):
+        g = torch.Generator().manual_seed(5)
+        self.items = [dict(image=torch.rand(3, 4, 4, generator=g) * 255, name=f"t{i:02d}",
+                           label=torch.tensor([[0, 18, 255, 7]] * 4)) for i in range(n)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        return self.items[i]
+
+
+def test_evaluate_split_defaults(tmp_path, capsys):
+    whole = InferenceSpec(mode="whole", crop_size=None, stride=None)
+    weight = torch.randn(19, 3, generator=torch.Generator().manual_seed(6))
+    seen = []
+
+    def predict(x):
+        seen.append(load_confusions(partial_path(tmp_path, "d"))[0] if partial_path(tmp_path, "d").exists() else [])
+        return torch.einsum("oc,bchw->bohw", weight, x / 255.0)
+
+    save_confusions(confusion_path(tmp_path, "d"), ["t00"], np.zeros((1, 19, 19), np.int64), 19)  # stale: no resume
+    res = evaluate_split(predict, Tiny(), whole, key="d", out_dir=tmp_path)  # num_classes 19, ignore 255
+    assert res.confusion.shape == (19, 19) and res.confusion.sum() == 51 * 12  # 4 of 16 pixels ignored
+    assert res.confusion[0].sum() == res.confusion[18].sum() == res.confusion[7].sum() == 51 * 4
+    assert len(seen) == 51 and seen[49] == [] and seen[50] == [f"t{i:02d}" for i in range(50)]  # every 50 images
+    assert load_confusions(res.per_image_path)[0][0] == "t00" and load_confusions(res.per_image_path)[1][0].sum() == 12
+    assert "eval d" in capsys.readouterr().err  # a progress bar by default

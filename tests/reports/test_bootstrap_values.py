@@ -101,3 +101,13 @@ def test_seed_from_key_is_pinned():
     """sha256 of the UTF-8 key, first 4 bytes little-endian: the same in every process and Python version."""
     assert seed_from_key("real|rein|cityscapes") == 3348624138
     assert seed_from_key("x") == 1108767021
+
+
+def test_paired_difference_level_and_default_seed():
+    names = [f"i{k}" for k in range(8)]
+    a, b = (names, _cms(8, seed=6)), (names, _cms(8, seed=7))
+    assert paired_difference_ci(a, b, resamples=50) == paired_difference_ci(a, b, resamples=50, seed=0)
+    _, lo, hi = paired_difference_ci(a, b, resamples=100, seed=2, level=0.9)
+    idx = np.random.default_rng(2).integers(0, 8, size=(100, 8))
+    diffs = np.array([_miou(a[1][r].sum(0)) - _miou(b[1][r].sum(0)) for r in idx])
+    assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])), rel=1e-12)
