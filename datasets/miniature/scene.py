@@ -675,8 +675,9 @@ _SNOW_GROUND[[int(E.SIDEWALK), int(E.TERRAIN), int(E.VEGETATION), int(E.CURB), i
 
 
 def render_scene(seed, style: DomainStyle | str, *, feature: int = 0, condition: str | None = None,
-                 night_mode: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Render one scene: (image uint8[H,W,3] RGB, element map uint8[H,W] of ``E`` values).
+                 night_mode: bool | None = None, with_depth: bool = False):
+    """Render one scene: (image uint8[H,W,3] RGB, element map uint8[H,W] of ``E`` values), plus the depth
+    map float32[H,W] in metres (sky and skyline at 1000) when ``with_depth``.
 
     ``seed`` is anything ``np.random.default_rng`` accepts; ``condition`` one of ``CONDITIONS``.
     """
@@ -715,4 +716,5 @@ def render_scene(seed, style: DomainStyle | str, *, feature: int = 0, condition:
         img = cv2.GaussianBlur(img, (0, 0), st.blur)
     if st.sensor_noise:
         img += rng.standard_normal((h, w, 1), dtype=np.float32) * np.float32(st.sensor_noise * (2.0 if night_mode else 1.0))
-    return np.clip(img + 0.5, 0, 255).astype(np.uint8), lab
+    img = np.clip(img + 0.5, 0, 255).astype(np.uint8)
+    return (img, lab, cv.depth) if with_depth else (img, lab)
