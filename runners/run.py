@@ -33,6 +33,7 @@ from datasets.labels import CITYSCAPES_CLASSES
 from datasets.miniature import ensure_miniature, is_miniature_root
 from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.base import Method, TrainRecipe
+from methods.miniature_weights import MiniatureWeightsError, miniature_weights_dir, miniature_weights_sha256
 from methods.backbones.vit import set_grad_checkpointing
 from methods.registry import get_method_class, list_methods
 from methods.weights import default_hash_cache, weights_dir_from
@@ -70,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", default=None, help="folder with official weight files (or $DGSS_WEIGHTS)")
     parser.add_argument("--allow-random-init", action="store_true",
                         help="on real data, run with randomly initialised backbones when weights are missing")
+    parser.add_argument("--random-init", action="store_true",
+                        help="load no pretrained files (the random-initialisation baseline; on the miniature "
+                             "benchmark the shipped stand-ins are skipped)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<run name>)")
     parser.add_argument("--resume", action="store_true", help="resume from <out>/checkpoints/last.pt")
     parser.add_argument("--eval-only", action="store_true", help="skip training; evaluate --checkpoint")
@@ -147,7 +151,14 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
     protocol = with_source_splits(get_protocol(args.protocol, miniature=miniature, variant=args.eval_variant),
                                   recipe.gta_split)
     config = cls.config_for_source(cls.default_config(backbone, scale=scale), source)
-    weights_dir = weights_dir_from(args.weights_dir)
+    weights_dir = None if args.random_init else weights_dir_from(args.weights_dir)
+    shipped: dict[str, str] = {}
+    if miniature and not args.random_init and not args.weights_dir:
+        # the miniature foundation models shipped with the package stand in for the official files
+        try:
+            weights_dir, shipped = miniature_weights_dir(), miniature_weights_sha256()
+        except MiniatureWeightsError as err:
+            raise SystemExit(f"error: {err}") from None
     spec = {
         "method": cls.name, "backbone": backbone, "scale": scale, "seed": args.seed,
         "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),
@@ -158,6 +169,9 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
         # which miniature benchmark (generator version and parameters) is part of the run's identity
         manifest = json.loads((data_root / "MINIATURE.json").read_text())
         spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
+        spec["miniature_weights"] = shipped  # {file: sha256} of the shipped stand-ins ({} when not used)
+    if args.random_init:
+        spec["random_init"] = True
     spec_hash = content_hash(hashed_spec(spec))
     name = f"{cls.name}-{backbone}-{protocol.name}{'-mini' if miniature else ''}-s{args.seed}-{spec_hash[:8]}"
     out = Path(args.out) if args.out else Path("runs") / name
@@ -286,7 +300,12 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print) -> dict[st
     t_start = time.perf_counter()
     torch.manual_seed(run.seed)
     method = run.method_class(run.config)
-    weights = method.load_pretrained(run.weights_dir, allow_random_init=run.miniature or args.allow_random_init)
+    weights = method.load_pretrained(run.weights_dir, allow_random_init=run.miniature or args.allow_random_init
+                                     or args.random_init)
+    shipped = run.spec.get("miniature_weights") or {}
+    for file, status in weights["files"].items():
+        if status["found"] and file in shipped:
+            status["sha256"] = shipped[file]
     if not weights["pretrained"]:
         missing = [f for f, s in weights["files"].items() if not s["found"]]
         log("!" * 100)

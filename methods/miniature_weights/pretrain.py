@@ -55,11 +55,11 @@ class PretrainConfig:
     """How long and on what each stand-in trains (``scale`` multiplies every step count, for tests)."""
 
     world_seed: int = 0
-    scenes: int = 800
-    dinov2_steps: int = 600
-    depth_steps: int = 200
-    eva_clip_steps: int = 500
-    clip_rn_steps: int = 400
+    scenes: int = 400
+    dinov2_steps: int = 300
+    depth_steps: int = 100
+    eva_clip_steps: int = 250
+    clip_rn_steps: int = 200
     batch_size: int = 32
     lr: float = 2e-3
     weight_decay: float = 0.05
