@@ -151,6 +151,13 @@ def _optimizer(params, cfg: PretrainConfig, steps: int) -> tuple[torch.optim.Opt
     return opt, set_lr
 
 
+def _update(opt: torch.optim.Optimizer, set_lr: Callable[[int], None], step: int, loss: Tensor) -> None:
+    set_lr(step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+
+
 def _normalise(images: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tensor:
     return (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
 
@@ -194,10 +201,7 @@ def train_dinov2(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 1, log=p
             loss_cls = loss_cls + soft_cross_entropy(pred[:, :NUM_ELEMENTS], hist)
             loss_depth = loss_depth + F.smooth_l1_loss(pred[:, NUM_ELEMENTS:], logd)
         loss = (loss_cls + loss_depth) / len(out.features)
-        set_lr(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"dinov2 {step + 1}/{steps}: element CE {float(loss_cls.detach()) / 4:.3f}, depth {float(loss_depth.detach()) / 4:.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
@@ -222,10 +226,7 @@ def train_depth_anything(crops: WorldCrops, dinov2: ViTBackbone, cfg: PretrainCo
         out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
         pred = torch.stack(head(out.features)).sum(0)
         loss = F.smooth_l1_loss(pred, logd)
-        set_lr(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return backbone.eval(), head
@@ -271,10 +272,7 @@ def _clip_loop(name: str, crops: WorldCrops, cfg: PretrainConfig, size: int, par
         loss_global = _contrastive(global_emb, caption_emb, logit_scale)
         loss_dense = _dense_alignment(dense, class_emb, classes, patch, logit_scale)
         loss = loss_global + loss_dense
-        set_lr(step)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"{name} {step + 1}/{steps}: contrastive {float(loss_global.detach()):.3f}, dense {float(loss_dense.detach()):.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
