@@ -637,7 +637,7 @@ class FAMix(Method):
             text = text_config(arch)
             mining = StyleMiningConfig()
         elif scale == "miniature":
-            resnet = clip_resnet_config("tiny", output_stride=16)
+            resnet = clip_resnet_config("tiny", output_stride=16, weights_file="CLIP_RN_tiny.pt")
             head = DeepLabV3PlusConfig(in_channels=resnet.channels[3], low_level_channels=resnet.channels[0],
                                        aspp_channels=32, low_level_proj=8, decoder_channels=32)
             # CPU-sized mining: shorter text context (the prompts fit in 32 tokens) and 8 of the 80 templates
@@ -817,7 +817,7 @@ class FAMix(Method):
 
     # ------------------------------------------------------------------ weights and checkpoints
     def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.resnet.weights_file if self.config.scale == "paper" else None
+        file = self.config.resnet.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
         return {file: self.load_official} if file else {}
 
     def load_official(self, path: str | Path) -> KeyReport:

@@ -434,7 +434,7 @@ class Rein(ViTMask2Former):
 
     # ---------------------------------------------------------------------------------- checkpoints
     def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.vit.weights_file if self.config.scale == "paper" else None
+        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
         return {file: self._load_official} if file else {}
 
     def _load_official(self, path) -> KeyReport:

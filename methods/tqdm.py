@@ -633,9 +633,7 @@ class TextualQueryDrivenMaskTransformer(Method):
         return {k for k in super().trainable_keys() if not k.startswith(("reg_E0.", "text_encoder."))}
 
     def pretrained_loaders(self) -> dict[str, Any]:
-        if self.config.scale != "paper":
-            return {}
-        file = self.config.vit.weights_file
+        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
         if file and self.config.text.weights_file not in (None, file):
             raise ValueError(f"tqdm loads both towers from one file; the configs name {file} and "
                              f"{self.config.text.weights_file}")

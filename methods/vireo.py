@@ -526,6 +526,7 @@ class VireoConfig(ReinConfig):
     # class loss averaged over batch x queries: the reference head calls mmdet's CrossEntropyLoss without
     # avg_factor (vireo/models/heads/vireo_mask2former.py:355), where Rein's divides by the class-weight sum
     class_loss_norm: str = "queries"
+    text_weights_file: str | None = None  # text tower file when its config names none (miniature: CLIP_RN_tiny.pt)
     text_init_seed: int = 0  # seed of the text tower's random initialisation when no CLIP file is loaded
 
     def __post_init__(self) -> None:
@@ -597,6 +598,7 @@ class Vireo(Rein):
             depth = vit_config("dinov2_tiny", frozen=True, init_values=1.0, taps=tuple(range(4)),
                                weights_file="depth_anything_v2_tiny.pth")
             text = "tiny"
+            fields = {"text_weights_file": "CLIP_RN_tiny.pt", **fields}
         else:
             depth, text = vit_config("depth_anything_v2_vitl", frozen=True), "ViT-L-14-336"
         return VireoConfig(**{**base, "depth_vit": depth, "text": text, **fields})
@@ -711,11 +713,11 @@ class Vireo(Rein):
 
     # ---------------------------------------------------------------------------------- weights
     def pretrained_loaders(self) -> dict[str, Any]:
-        if self.config.scale != "paper":
-            return {}
+        # at scale="miniature": the stand-ins (methods.miniature_weights)
+        text_file = self.config.text_weights_file or text_config(self.config.text).weights_file
         files = {self.config.vit.weights_file: self._load_official,
                  self.config.depth_vit.weights_file: self.depth_backbone.load_official,
-                 text_config(self.config.text).weights_file: self.load_text_official}
+                 text_file: self.load_text_official}
         return {f: loader for f, loader in files.items() if f}
 
     def load_text_official(self, path: str | Path) -> KeyReport:

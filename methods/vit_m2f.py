@@ -116,7 +116,8 @@ class ViTMask2Former(Method):
         return semantic_inference(outputs["pred_logits"], outputs["pred_masks"], size=images.shape[-2:])
 
     def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.vit.weights_file if self.config.scale == "paper" else None
+        """The backbone's official file (at ``scale="miniature"``: its miniature stand-in, methods.miniature_weights)."""
+        file = self.config.vit.weights_file
         return {file: self.backbone.load_official} if file else {}
 
     def train(self, mode: bool = True) -> "ViTMask2Former":

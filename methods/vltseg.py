@@ -457,7 +457,7 @@ class VLTSeg(ViTMask2Former):
 
     # ---------------------------------------------------------------------------------- weights
     def pretrained_loaders(self) -> dict[str, Callable]:
-        file = self.config.vit.weights_file if self.config.scale == "paper" else None
+        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
         return {file: self._load_official} if file else {}
 
     def _load_official(self, path) -> KeyReport:

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--weights-dir", default=None, help="folder with official weight files (or $DGSS_WEIGHTS)")
     parser.add_argument("--allow-random-init", action="store_true",
                         help="on real data, run with randomly initialised backbones when weights are missing")
+    parser.add_argument("--random-init", action="store_true",
+                        help="load no pretrained files (the random-initialisation baseline; on the miniature "
+                             "benchmark the shipped stand-ins are skipped)")
     parser.add_argument("--out", default=None, help="run folder (default: runs/<run name>)")
     parser.add_argument("--resume", action="store_true",
                         help="continue a started run in <out>: training from checkpoints/last.pt, evaluation "
@@ -231,7 +234,16 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
                                   recipe.gta_split)
     seed = args.seed if args.seed is not None else run_values["seed"]
     precision = getattr(args, "precision", None) or run_values["precision"]
-    weights_dir = weights_dir_from(args.weights_dir)
+    weights_dir = None if args.random_init else weights_dir_from(args.weights_dir)
+    shipped: dict[str, str] = {}
+    if miniature and not args.random_init and not args.weights_dir:
+        # the miniature foundation models shipped with the package stand in for the official files
+        from methods.miniature_weights import MiniatureWeightsError, miniature_weights_dir, miniature_weights_sha256
+
+        try:
+            weights_dir, shipped = miniature_weights_dir(), miniature_weights_sha256()
+        except MiniatureWeightsError as err:
+            raise UserError(str(err)) from None
     spec = {
         "method": cls.name, "backbone": backbone, "scale": scale, "seed": seed,
         "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),
@@ -248,6 +260,9 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
         # which miniature benchmark (generator version and parameters) is part of the run's identity
         manifest = json.loads((data_root / "MINIATURE.json").read_text())
         spec["miniature_benchmark"] = {k: manifest.get(k) for k in ("version", "params", "param_hash")}
+        spec["miniature_weights"] = shipped  # {file: sha256} of the shipped stand-ins ({} when not used)
+    if args.random_init:
+        spec["random_init"] = True
     spec_hash = content_hash(hashed_spec(spec))
     tag = "" if profile == DEFAULT_PROFILE else f"-{profile}"
     mini = "-mini" if miniature else ""
@@ -464,7 +479,12 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     numerics = configure_numerics(run.precision, device)
     torch.manual_seed(run.seed)
     method = run.method_class(run.config)
-    weights = method.load_pretrained(run.weights_dir, allow_random_init=run.miniature or args.allow_random_init)
+    weights = method.load_pretrained(run.weights_dir, allow_random_init=run.miniature or args.allow_random_init
+                                     or args.random_init)
+    shipped = run.spec.get("miniature_weights") or {}
+    for file, status in weights["files"].items():
+        if status["found"] and file in shipped:
+            status["sha256"] = shipped[file]
     if not weights["pretrained"]:
         missing = [f for f, s in weights["files"].items() if not s["found"]]
         log("!" * 100)

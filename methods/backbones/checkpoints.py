@@ -456,6 +456,68 @@ def _rope_tables(grid: int, ref_grid: int, head_dim: int) -> tuple[Tensor, Tenso
     return f2.cos(), f2.sin()
 
 
+def official_encoder_state_dict(backbone: "ViTBackbone", layout: str) -> dict[str, Tensor]:
+    """The image-encoder tensors of ``backbone`` under an official file's key names (the inverse of what
+    :func:`load_official` reads): DINOv2 (plus a zero ``mask_token``), Depth-Anything-V2 (``pretrained.``),
+    EVA-CLIP (``visual.``, ``visual.head`` projection, stored rotary tables) or OpenAI CLIP (``visual.``,
+    ``proj`` as [D, P]). The stored grid is the backbone's own (``cfg.img_size // cfg.patch_size``)."""
+    if layout not in LAYOUTS or layout == "backbone":
+        raise ValueError(f"layout {layout!r}: expected one of {LAYOUTS[:-1]}")
+    cfg = backbone.cfg
+    if _LAYOUT_FAMILY[layout] != cfg.family:
+        raise ValueError(f"layout {layout} is for family {_LAYOUT_FAMILY[layout]}, config family is {cfg.family}")
+    fg = cfg.grid_size[0]
+    sd = {k: v.detach().clone() for k, v in backbone.state_dict().items()}
+    D = cfg.embed_dim
+    out: dict[str, Tensor] = {}
+    if layout in ("dinov2", "depth_anything_v2"):
+        pre = "pretrained." if layout == "depth_anything_v2" else ""
+        for k, v in sd.items():
+            if k.startswith("vit."):
+                out[pre + k[4:]] = v
+        out[pre + "mask_token"] = torch.zeros(1, D)
+        return out
+    if layout == "eva_clip":
+        for k, v in sd.items():
+            if k.startswith("vit."):
+                out["visual." + _reverse_eva(k[4:])] = v
+            elif k.startswith("proj."):
+                out["visual.head." + k[5:]] = v
+        hd = D // cfg.num_heads
+        cos, sin = _rope_tables(fg, cfg.rope_ref_grid or fg, hd)
+        out["visual.rope.freqs_cos"], out["visual.rope.freqs_sin"] = cos, sin
+        for i in range(cfg.depth):  # the shared rope module is registered inside every attention, too
+            out[f"visual.blocks.{i}.attn.rope.freqs_cos"] = cos.clone()
+            out[f"visual.blocks.{i}.attn.rope.freqs_sin"] = sin.clone()
+        return out
+    # openai_clip
+    for k, v in sd.items():
+        if k == "proj.weight":
+            out["visual.proj"] = v.t().contiguous()
+            continue
+        if k == "proj.bias":
+            continue
+        name = k[4:]
+        if name == "patch_embed.proj.weight":
+            out["visual.conv1.weight"] = v
+        elif name == "cls_token":
+            out["visual.class_embedding"] = v.reshape(-1)
+        elif name == "pos_embed":
+            out["visual.positional_embedding"] = v[0]
+        elif name.startswith("norm_pre."):
+            out["visual.ln_pre." + name[len("norm_pre."):]] = v
+        elif name.startswith("norm."):
+            out["visual.ln_post." + name[len("norm."):]] = v
+        elif name.startswith("blocks."):
+            rest = name[len("blocks."):]
+            for a, b in _CLIP_BLOCK_RENAMES:
+                rest = rest.replace(b, a)
+            out["visual.transformer.resblocks." + rest] = v
+        else:
+            out["visual." + name] = v
+    return out
+
+
 def synthetic_official_state_dict(
     cfg: "ViTConfig",
     layout: str,
@@ -497,62 +559,20 @@ def synthetic_official_state_dict(
             else:
                 fan_in = max(1, p[0].numel())
                 p.copy_(r / math.sqrt(fan_in))
-    sd = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    out = official_encoder_state_dict(model, layout)
     D = cfg.embed_dim
-    out: dict[str, Tensor] = {}
+    if layout == "depth_anything_v2":
+        out["depth_head.projects.0.weight"] = torch.randn(8, D, 1, 1, generator=gen)
+        out["depth_head.projects.0.bias"] = torch.zeros(8)
+        out["depth_head.scratch.output_conv2.2.weight"] = torch.randn(1, 8, 1, 1, generator=gen)
     if layout in ("dinov2", "depth_anything_v2"):
-        pre = "pretrained." if layout == "depth_anything_v2" else ""
-        for k, v in sd.items():
-            if k.startswith("vit."):
-                out[pre + k[4:]] = v
-        out[pre + "mask_token"] = torch.zeros(1, D)
-        if layout == "depth_anything_v2":
-            out["depth_head.projects.0.weight"] = torch.randn(8, D, 1, 1, generator=gen)
-            out["depth_head.projects.0.bias"] = torch.zeros(8)
-            out["depth_head.scratch.output_conv2.2.weight"] = torch.randn(1, 8, 1, 1, generator=gen)
         return out
     if layout == "eva_clip":
-        for k, v in sd.items():
-            if k.startswith("vit."):
-                out["visual." + _reverse_eva(k[4:])] = v
-            elif k.startswith("proj."):
-                out["visual.head." + k[5:]] = v
-        hd = D // cfg.num_heads
-        cos, sin = _rope_tables(fg, cfg.rope_ref_grid or fg, hd)
-        out["visual.rope.freqs_cos"], out["visual.rope.freqs_sin"] = cos, sin
-        for i in range(cfg.depth):  # the shared rope module is registered inside every attention, too
-            out[f"visual.blocks.{i}.attn.rope.freqs_cos"] = cos.clone()
-            out[f"visual.blocks.{i}.attn.rope.freqs_sin"] = sin.clone()
         out["text.transformer.resblocks.0.attn.in_proj_weight"] = torch.randn(3 * 16, 16, generator=gen)
         out["text.token_embedding.weight"] = torch.randn(10, 16, generator=gen)
         out["text.text_projection"] = torch.randn(16, pdim, generator=gen)
         out["logit_scale"] = torch.tensor(4.6052)
         return out
-    # openai_clip
-    for k, v in sd.items():
-        if k == "proj.weight":
-            out["visual.proj"] = v.t().contiguous()
-            continue
-        if k == "proj.bias":
-            continue
-        name = k[4:]
-        if name == "patch_embed.proj.weight":
-            out["visual.conv1.weight"] = v
-        elif name == "cls_token":
-            out["visual.class_embedding"] = v.reshape(-1)
-        elif name == "pos_embed":
-            out["visual.positional_embedding"] = v[0]
-        elif name.startswith("norm_pre."):
-            out["visual.ln_pre." + name[len("norm_pre."):]] = v
-        elif name.startswith("norm."):
-            out["visual.ln_post." + name[len("norm."):]] = v
-        elif name.startswith("blocks."):
-            rest = name[len("blocks."):]
-            for a, b in _CLIP_BLOCK_RENAMES:
-                rest = rest.replace(b, a)
-            out["visual.transformer.resblocks." + rest] = v
-        else:
-            out["visual." + name] = v
     out["positional_embedding"] = torch.randn(16, 16, generator=gen)
     out["text_projection"] = torch.randn(16, pdim, generator=gen)
     out["token_embedding.weight"] = torch.randn(10, 16, generator=gen)

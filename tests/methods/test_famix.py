@@ -419,4 +419,5 @@ def test_real_scale_counts_on_meta():
                       ("clip_rn101", "cityscapes"): (72_513_235, 31_218_035)}
     method = create_method("famix", "clip_rn50", scale="paper")
     assert set(method.pretrained_loaders()) == {"RN50.pt"}
-    assert not create_method("famix", scale="miniature").pretrained_loaders()
+    # the miniature scale loads the shipped CLIP ResNet stand-in (methods.miniature_weights)
+    assert set(create_method("famix", scale="miniature").pretrained_loaders()) == {"CLIP_RN_tiny.pt"}

@@ -1,5 +1,6 @@
 """runners.run end to end on a small miniature benchmark, exact resume, dry-run, clear errors."""
 
+import hashlib
 import json
 
 import numpy as np
@@ -12,8 +13,10 @@ from benchmarks.protocols import Protocol, load_split
 from datasets.base import DatasetLayoutError
 from datasets.loaders import build_dataset
 from datasets.transforms import TrainAugmentation, TrainTransform
+from methods.miniature_weights import MINIATURE_WEIGHTS, MINIATURE_WEIGHTS_DIR
 from methods.registry import create_method
 from reports.leaderboard import main as leaderboard_main
+from runners.run import build_parser, resolve
 from runners.run import main as run_main
 from runners.loggers import loss_names, read_event_scalars
 from runners.train import Trainer
@@ -105,6 +108,18 @@ def test_resume_gives_the_same_loss_sequence(tmp_path, mini_root):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_random_init_skips_the_miniature_standins_and_changes_the_run_identity(mini_root):
+    def resolved(*extra):
+        args = build_parser().parse_args(["--method", "rein", "--data-root", str(mini_root), *extra])
+        return resolve(args, log=lambda *_: None)
+
+    shipped, random_init = resolved(), resolved("--random-init")
+    assert shipped.weights_dir == MINIATURE_WEIGHTS_DIR and random_init.weights_dir is None
+    assert set(shipped.spec["miniature_weights"]) == set(MINIATURE_WEIGHTS)
+    assert random_init.spec["miniature_weights"] == {} and random_init.spec["random_init"] is True
+    assert shipped.spec_hash != random_init.spec_hash
+
+
 def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
     out = tmp_path / "run"
     code = run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--data-root", str(mini_root),
@@ -114,7 +129,12 @@ def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
     assert "MINIATURE benchmark" in text and "cityscapes" in text and "rPD" in text
     record = json.loads((out / "result.json").read_text())
     assert record["miniature"] is True and record["benchmark"] == "miniature"
-    assert record["pretrained"] is False
+    # the shipped miniature DINOv2 stand-in, recorded with its sha256 (methods.miniature_weights)
+    assert record["pretrained"] is True
+    assert record["weights"]["files"]["dinov2_tiny_pretrain.pth"]["sha256"] == hashlib.sha256(
+        (MINIATURE_WEIGHTS_DIR / "dinov2_tiny_pretrain.pth").read_bytes()).hexdigest()
+    assert record["spec"]["miniature_weights"]["dinov2_tiny_pretrain.pth"] == \
+        record["weights"]["files"]["dinov2_tiny_pretrain.pth"]["sha256"]
     assert set(record["results"]["targets"]) == {"cityscapes", "bdd100k", "mapillary"}
     assert record["results"]["reference"]["key"] == "gta5"
     for key, value in record["results"]["targets"].items():

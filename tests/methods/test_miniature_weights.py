@@ -1,0 +1,197 @@
+"""The shipped miniature foundation models: intact, in the official layouts, loaded by every method at the
+miniature scale, reproducible, and useful (their features separate classes that random ones do not)."""
+
+import hashlib
+
+import cv2
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from datasets.labels import CITYSCAPES_CLASSES
+from datasets.miniature import ELEMENT_TRAIN_ID, render_scene
+from methods.backbones.resnet import CLIPResNet, clip_resnet_config
+from methods.backbones.text import CLIPTextEncoder, text_config
+from methods.backbones.vit import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ViTBackbone, vit_config
+from methods.miniature_weights import MINIATURE_WEIGHTS, MINIATURE_WEIGHTS_DIR, miniature_weights_dir
+from methods.registry import create_method
+
+DIR = MINIATURE_WEIGHTS_DIR
+
+# what each method must load at scale="miniature" (the table in methods/miniature_weights/__init__.py)
+EXPECTED_FILES = {
+    "rein": {"dinov2_tiny_pretrain.pth"},
+    "set": {"dinov2_tiny_pretrain.pth"},
+    "frozen_m2f": {"dinov2_tiny_pretrain.pth"},
+    "vireo": {"dinov2_tiny_pretrain.pth", "depth_anything_v2_tiny.pth", "CLIP_RN_tiny.pt"},
+    "tqdm": {"EVA02_CLIP_tiny.pt"},
+    "vltseg": {"EVA02_CLIP_tiny.pt"},
+    "famix": {"CLIP_RN_tiny.pt"},
+}
+
+
+def test_shipped_files_match_sha256sums_and_stay_small():
+    sums = dict(reversed(line.split()) for line in (DIR / "SHA256SUMS").read_text().splitlines() if line.strip())
+    assert set(sums) == set(MINIATURE_WEIGHTS) == {f for files in EXPECTED_FILES.values() for f in files}
+    for name, digest in sums.items():
+        assert hashlib.sha256((DIR / name).read_bytes()).hexdigest() == digest, name
+    assert sum((DIR / n).stat().st_size for n in sums) < 20e6
+    assert miniature_weights_dir() == DIR
+
+
+def test_a_corrupted_file_is_refused(tmp_path):
+    for name in MINIATURE_WEIGHTS:
+        (tmp_path / name).write_bytes((DIR / name).read_bytes())
+    (tmp_path / "SHA256SUMS").write_text((DIR / "SHA256SUMS").read_text())
+    assert miniature_weights_dir(tmp_path) == tmp_path
+    with open(tmp_path / "EVA02_CLIP_tiny.pt", "r+b") as f:
+        f.seek(2000)
+        f.write(b"\x01")
+    with pytest.raises(RuntimeError, match="python -m methods.miniature_weights pretrain"):
+        miniature_weights_dir(tmp_path)
+
+
+def test_files_carry_the_official_key_names_and_shapes():
+    dinov2 = torch.load(DIR / "dinov2_tiny_pretrain.pth", weights_only=True)
+    assert dinov2["patch_embed.proj.weight"].shape == (64, 3, 14, 14)  # patch 14, like dinov2_vitl14
+    assert dinov2["pos_embed"].shape == (1, 1 + 4 * 4, 64)
+    assert {"cls_token", "mask_token", "blocks.0.attn.qkv.weight", "blocks.3.ls2.gamma", "norm.bias"} <= set(dinov2)
+    assert dinov2["patch_embed.proj.weight"].dtype == torch.float32
+    depth = torch.load(DIR / "depth_anything_v2_tiny.pth", weights_only=True)
+    assert "pretrained.blocks.3.mlp.fc2.weight" in depth and any(k.startswith("depth_head.") for k in depth)
+    eva = torch.load(DIR / "EVA02_CLIP_tiny.pt", weights_only=True)
+    assert {"visual.blocks.0.attn.q_proj.weight", "visual.blocks.0.attn.q_bias", "visual.blocks.0.mlp.w3.weight",
+            "visual.head.weight", "text.text_projection", "logit_scale"} <= set(eva)
+    assert eva["text.token_embedding.weight"].shape == (49408, 64) and eva["visual.pos_embed"].dtype == torch.float16
+    rn = torch.load(DIR / "CLIP_RN_tiny.pt", weights_only=True)
+    assert {"visual.conv1.weight", "visual.layer4.2.conv3.weight", "visual.attnpool.c_proj.weight",
+            "token_embedding.weight", "positional_embedding", "transformer.resblocks.1.attn.in_proj_weight",
+            "ln_final.weight", "text_projection"} <= set(rn)
+    assert rn["positional_embedding"].shape == (77, 64) and rn["visual.conv1.weight"].dtype == torch.float16
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_FILES))
+def test_each_miniature_method_loads_its_standins_cleanly(name):
+    method = create_method(name, scale="miniature")
+    weights = method.load_pretrained(DIR, allow_random_init=False)
+    assert weights["pretrained"] is True
+    assert set(weights["files"]) == EXPECTED_FILES[name]
+    for file, status in weights["files"].items():
+        assert status["found"] and status["report"].startswith("ok"), (file, status["report"])
+
+
+def test_one_pretraining_step_reproduces_the_same_bytes(tmp_path):
+    from methods.miniature_weights.pretrain import PretrainConfig, pretrain_all
+
+    cfg = PretrainConfig(scenes=2, batch_size=2, scale=1e-6)  # one step of each loop
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        only = ["dinov2_tiny_pretrain.pth", "depth_anything_v2_tiny.pth"]
+        for out in ("a", "b"):
+            pretrain_all(tmp_path / out, cfg, only=only, log=lambda _: None)
+        pretrain_all(tmp_path / "c", PretrainConfig(scenes=2, batch_size=2, scale=1e-6, world_seed=1),
+                     only=only[:1], log=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    for name in only:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+    assert (tmp_path / "a" / only[0]).read_bytes() != (tmp_path / "c" / only[0]).read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ usefulness
+def _scenes(style: str, seeds: range) -> tuple[torch.Tensor, torch.Tensor]:
+    """Benchmark-style scenes (not the pretraining world) at 256x128: images [N,3,H,W] 0..255, classes."""
+    size = (256, 128)
+    images, labels = [], []
+    for s in seeds:
+        img, lab = render_scene([77, s], style, feature=s)
+        images.append(cv2.resize(img, size, interpolation=cv2.INTER_AREA))
+        labels.append(cv2.resize(ELEMENT_TRAIN_ID[lab], size, interpolation=cv2.INTER_NEAREST))
+    return (torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float(),
+            torch.from_numpy(np.stack(labels)).long())
+
+
+def _patch_majority(labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The most frequent class of every patch (255 where void dominates)."""
+    onehot = F.one_hot(labels.clamp(max=19), 20).permute(0, 3, 1, 2).float()  # 255 -> slot 19
+    majority = F.adaptive_avg_pool2d(onehot, tuple(size)).argmax(1)
+    return torch.where(majority == 19, 255, majority)
+
+
+def _linear_probe_accuracy(train_f, train_y, test_f, test_y) -> float:
+    """Patch accuracy of a ridge-regression probe (standardised features -> one-hot classes) fitted on the
+    GTA5-style patches, on the target-style patches of classes it saw."""
+    mean, std = train_f.mean(0), train_f.std(0) + 1e-6
+    a, b = (train_f - mean) / std, (test_f - mean) / std
+    a, b = torch.cat([a, torch.ones(len(a), 1)], 1), torch.cat([b, torch.ones(len(b), 1)], 1)
+    classes = torch.unique(train_y)
+    onehot = (train_y[:, None] == classes[None]).float()
+    w = torch.linalg.solve(a.t() @ a + 1.0 * torch.eye(a.shape[1]), a.t() @ onehot)
+    keep = torch.isin(test_y, classes)
+    pred = classes[(b[keep] @ w).argmax(1)]
+    return float((pred == test_y[keep]).float().mean())
+
+
+def _vit_patch_features(backbone: ViTBackbone, images: torch.Tensor, mean, std) -> tuple[torch.Tensor, tuple]:
+    x = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        out = backbone(x)
+    feats = torch.cat(out.features, 1)  # all taps, as the Mask2Former necks read them
+    return feats.permute(0, 2, 3, 1).reshape(-1, feats.shape[1]), out.grid
+
+
+@pytest.mark.parametrize("file,init_values", [("dinov2_tiny_pretrain.pth", 1e-5), ("depth_anything_v2_tiny.pth", 1.0)])
+def test_frozen_standin_features_transfer_across_domains_where_random_ones_do_not(file, init_values):
+    """Fit a linear probe on GTA5-style patches, classify Cityscapes-style patches: the frozen stand-in must beat
+    the same architecture at random initialisation by a wide margin (what frozen-backbone methods rely on)."""
+    src_x, src_y = _scenes("gta5", range(6))
+    tgt_x, tgt_y = _scenes("cityscapes", range(100, 104))
+    accuracy = {}
+    for pretrained in (True, False):
+        torch.manual_seed(0)
+        backbone = ViTBackbone(vit_config("dinov2_tiny", init_values=init_values))
+        if pretrained:
+            assert backbone.load_official(DIR / file).ok()
+        backbone.eval()
+        fs, grid = _vit_patch_features(backbone, src_x, IMAGENET_MEAN, IMAGENET_STD)
+        ft, _ = _vit_patch_features(backbone, tgt_x, IMAGENET_MEAN, IMAGENET_STD)
+        ys, yt = _patch_majority(src_y, grid).reshape(-1), _patch_majority(tgt_y, grid).reshape(-1)
+        accuracy[pretrained] = _linear_probe_accuracy(fs[ys != 255], ys[ys != 255], ft, yt)
+    assert accuracy[True] > accuracy[False] + 0.1, accuracy
+
+
+def test_clip_standins_classify_patches_zero_shot_from_class_names():
+    """Dense zero-shot: patch features . text embeddings of "a photo of a {class}." on Cityscapes-style scenes;
+    the stand-ins far above chance and above their random initialisation."""
+    images, labels = _scenes("cityscapes", range(200, 204))
+    prompts = [f"a photo of a {c}." for c in CITYSCAPES_CLASSES]
+    x = (images - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+    for file in ("EVA02_CLIP_tiny.pt", "CLIP_RN_tiny.pt"):
+        accuracy = {}
+        for pretrained in (True, False):
+            torch.manual_seed(0)
+            text = CLIPTextEncoder(text_config("tiny"))
+            if file.startswith("EVA"):
+                visual = ViTBackbone(vit_config("eva02_tiny"))
+            else:
+                visual = CLIPResNet(clip_resnet_config("tiny", output_stride=16))
+            if pretrained:
+                assert visual.load_official(DIR / file).ok() and text.load_official(DIR / file).ok()
+            visual.eval()
+            with torch.no_grad():
+                class_emb = text.encode(prompts)
+                if file.startswith("EVA"):
+                    out = visual(x, project=True)
+                    dense = out.projected[:, 1:].transpose(1, 2).reshape(len(x), -1, *out.grid)
+                else:  # MaskCLIP reading: the attention pool's value and output projections per location
+                    pool, feats = visual.attnpool, visual(x)["layer4"]
+                    dense = F.conv2d(F.conv2d(feats, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias),
+                                     pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
+            pred = torch.einsum("bchw,kc->bkhw", F.normalize(dense, dim=1), class_emb).argmax(1)
+            target = _patch_majority(labels, dense.shape[-2:])
+            keep = target != 255
+            accuracy[pretrained] = float((pred[keep] == target[keep]).float().mean())
+        assert accuracy[True] > 0.4 and accuracy[True] > accuracy[False] + 0.2, (file, accuracy)
+
