@@ -56,6 +56,7 @@ def test_end_to_end_on_a_tiny_miniature_benchmark(tmp_path, small_root, capsys, 
                   log=lambda *_: None)
     torch.manual_seed(run.seed)
     method = run.method_class(run.config)
+    method.load_pretrained(run.weights_dir, allow_random_init=True)  # the shipped stand-ins, as the runner does
     aug = TrainAugmentation(crop_size=run.recipe.crop_size, **run.recipe.augmentation)
     train_set = training_dataset(run, TrainTransform(aug))
     again = method.prepare(train_set, default_hash_cache().parent, lambda *_: None, seed=run.seed)
