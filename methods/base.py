@@ -64,6 +64,9 @@ class TrainRecipe:
     warmup_iters: int = 0
     warmup_ratio: float = 1e-6
     constant_iters: int = 0  # VLTSeg: constant LR before the poly decay starts
+    # poly progress: "mmcv" (1 - t / T), mmseg 0.x's PolyLrUpdaterHook and FAMix's PolyLR; "mmengine"
+    # (1 - t / (T - 1)), mmseg 1.x's PolyLR (Rein, SET, Vireo, VLTSeg), which reaches the minimum at the last step
+    poly_convention: str = "mmcv"
     grad_clip: float | None = None  # max L2 norm
     crop_size: tuple[int, int] = (512, 512)
     augmentation: dict[str, Any] = field(default_factory=dict)  # datasets.transforms.TrainAugmentation kwargs

@@ -103,7 +103,7 @@ def rein_recipe(scale: str, source: str = "gta5", **changes: Any) -> TrainRecipe
         paper = TrainRecipe(
             iterations=40000, batch_size=4, optimizer="adamw", lr=1e-4, weight_decay=0.05,
             param_rules=rules, norm_decay_mult=0.0, schedule="poly", power=0.9, min_lr=0.0, warmup_iters=0,
-            crop_size=(512, 512),
+            poly_convention="mmengine", crop_size=(512, 512),
             augmentation=dict(rescale="short_edge_choices", short_edge_choices=REIN_SHORT_EDGES, max_long_edge=2048,
                               cat_max_ratio=0.75, hflip_prob=0.5, photometric=True),
             gta_split="all", eval_variant="rein", checkpoint_interval=4000,
@@ -113,7 +113,7 @@ def rein_recipe(scale: str, source: str = "gta5", **changes: Any) -> TrainRecipe
         paper = TrainRecipe(
             iterations=40000, batch_size=8, optimizer="adamw", lr=6e-5, weight_decay=0.05,
             param_rules=rules, norm_decay_mult=0.0, schedule="poly", power=0.9, min_lr=0.0,
-            warmup_iters=10000, warmup_ratio=1e-6, constant_iters=10000,
+            warmup_iters=10000, warmup_ratio=1e-6, constant_iters=10000, poly_convention="mmengine",
             crop_size=(1024, 1024),
             augmentation=dict(rescale="short_edge_choices", short_edge_choices=REIN_SHORT_EDGES_1024,
                               max_long_edge=4096, cat_max_ratio=0.75, hflip_prob=0.5, photometric=True),

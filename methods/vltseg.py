@@ -102,7 +102,7 @@ def vltseg_recipe(scale: str, source: str = "gta5", **changes: Any) -> TrainReci
     )
     common = dict(optimizer="adamw", lr=1e-4, weight_decay=0.05, betas=(0.9, 0.999), eps=1e-8, param_rules=rules,
                   norm_decay_mult=0.0, schedule="poly", power=0.9, min_lr=0.0, warmup_iters=0, constant_iters=500,
-                  grad_clip=0.01)
+                  poly_convention="mmengine", grad_clip=0.01)
     if source in ("gta5", "synthia"):
         recipe = TrainRecipe(
             iterations=5000, batch_size=16, crop_size=(512, 512),

@@ -50,7 +50,7 @@ PATH_KEYS = ("data_root", "weights_dir", "out", "datasets")  # machine/data-spec
 NEUTRAL_SPEC = {"profile": DEFAULT_PROFILE, "precision": HARMONISED_RUN["precision"], "cfg_options": []}
 """Spec keys added after the first records: left out of the hash at these values, so the hashes of earlier
 harmonised runs (and their finished sweep cells) stay valid."""
-OPTIONAL_RECIPE_KEYS = {"rare_class_sampling": None, "select_interval": 0}
+OPTIONAL_RECIPE_KEYS = {"rare_class_sampling": None, "select_interval": 0, "poly_convention": "mmcv"}
 """Recipe fields left out of the spec at these values (added after the first records)."""
 BOOKKEEPING_RECIPE_KEYS = ("checkpoint_interval", "log_interval", "source")  # do not change results
 

@@ -71,10 +71,12 @@ class DeterministicSampler(Sampler):
 
 # ---------------------------------------------------------------------------------------------- schedule
 def lr_factor(recipe: TrainRecipe, iteration: int, base_lr: float) -> float:
-    """LR of a group with base LR ``base_lr`` at ``iteration`` (0-based), mmcv semantics.
+    """LR of a group with base LR ``base_lr`` at ``iteration`` (0-based).
 
     Poly decays ``(base - min_lr) * (1 - t)^power + min_lr`` with ``min_lr`` applied per group (the tqdm
-    quirk: a group whose base LR equals min_lr stays constant). Linear warmup scales the regular LR by
+    quirk: a group whose base LR equals min_lr stays constant); ``t = it / T`` in mmcv's convention and
+    ``it / (T - 1)`` in mmengine's (``recipe.poly_convention``; T = iterations after the constant phase).
+    Linear warmup scales the regular LR by
     ``1 - (1 - it / warmup) * (1 - warmup_ratio)``. ``constant_iters`` holds the LR before the decay starts.
     """
     total = recipe.iterations
@@ -82,7 +84,8 @@ def lr_factor(recipe: TrainRecipe, iteration: int, base_lr: float) -> float:
         lr = base_lr
     elif recipe.schedule == "poly":
         start = recipe.constant_iters
-        progress = 0.0 if iteration < start else (iteration - start) / max(1, total - start)
+        span = total - start - (1 if recipe.poly_convention == "mmengine" else 0)
+        progress = 0.0 if iteration < start else (iteration - start) / max(1, span)
         min_lr = min(recipe.min_lr, base_lr)
         lr = (base_lr - min_lr) * (1 - min(progress, 1.0)) ** recipe.power + min_lr
     else:

@@ -84,8 +84,10 @@ def test_grad_clip_and_constant_then_poly_schedule():
     assert recipe.grad_clip == 0.01 and recipe.constant_iters == 500 and recipe.iterations == 5000
     for it in (0, 250, 499, 500):
         assert lr_factor(recipe, it, 1e-5) == pytest.approx(1e-5)
-    assert lr_factor(recipe, 2750, 1e-4) == pytest.approx(1e-4 * 0.5**0.9)
-    assert lr_factor(recipe, 5000, 1e-4) == pytest.approx(0.0)
+    # mmengine's PolyLR(begin=500, end=5000): progress over end - begin - 1 = 4499 steps, 0 at the last one
+    assert recipe.poly_convention == "mmengine"
+    assert lr_factor(recipe, 2750, 1e-4) == pytest.approx(1e-4 * (1 - 2250 / 4499) ** 0.9, rel=1e-12)
+    assert lr_factor(recipe, 4999, 1e-4) == pytest.approx(0.0)
     assert vltseg_recipe("miniature").grad_clip == 0.01
 
 

@@ -70,10 +70,11 @@ def test_explicit_options_win_over_the_profile():
 def test_harmonised_spec_hashes_are_those_of_earlier_runs():
     """Adding profile/precision/cfg_options to the spec must not move the hashes of harmonised runs (sweep cells
     and records keep their keys); the values are the hashes main computed before these options existed."""
-    assert resolve("--method", "rein").spec_hash == "776ecc77e5cc86a4"
+    # Rein's moved once, on purpose: its recipe gained mmengine's poly schedule (776ecc77e5cc86a4 before)
+    assert resolve("--method", "rein").spec_hash == "8a50b78d91f58605"
     assert resolve("--method", "tqdm", "--protocol", "city2bm").spec_hash == "285aca6aa9ab2a8a"
     assert resolve("--method", "famix", "--protocol", "syn2cbm").spec_hash == "5196ce8e7f21f992"
-    assert resolve("--method", "rein", "--precision", "fp32").spec_hash != "776ecc77e5cc86a4"
+    assert resolve("--method", "rein", "--precision", "fp32").spec_hash != "8a50b78d91f58605"
 
 
 def test_dry_run_prints_every_difference_with_its_official_source(capsys):
