@@ -60,7 +60,12 @@ def test_the_pinned_protocol_is_todays():
 def test_main_job_prints_the_pinned_numbers(tmp_path, capsys):
     pin = json.loads(PIN.read_text())
     argv = shlex.split(pin["command"])[3:] + ["--out", str(tmp_path / "run"), "--no-progress"]
-    assert run_main(argv) == 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(pin["torch_threads"])  # CPU numerics depend on the thread count (xdist workers get 1)
+    try:
+        assert run_main(argv) == 0
+    finally:
+        torch.set_num_threads(threads)
     record = json.loads((tmp_path / "run" / "result.json").read_text())
     got = {k: round(v["miou"], 2) for k, v in record["results"]["targets"].items()}
     got_ref = round(record["results"]["reference"]["miou"], 2)
