@@ -707,6 +707,7 @@ def run_main(args: argparse.Namespace) -> int:
         print(json.dumps(info, indent=2, default=str))
         return 0
     record = guarded_execute(run, args)
+    distributed.barrier()  # every rank done before the process group is torn down
     distributed.cleanup()
     if not record:  # finished already, or DDP rank > 0 (rank 0 reports)
         return 0

@@ -77,8 +77,12 @@ def _ddp_worker(rank, world_size, port, straight_dir, resumed_dir):
         _train(straight_dir)
         _train(resumed_dir, stop_after=3)  # as if killed after iteration 3 ...
         _train(resumed_dir, resume=True)  # ... and requeued
+        distributed.barrier()  # both ranks done before either tears down gloo
     finally:
         distributed.cleanup()
+    # a finished worker skips the interpreter's teardown, where gloo's threads can still abort the process
+    # ("terminate called without an active exception"); errors above still propagate to mp.start_processes
+    os._exit(0)
 
 
 def _free_port():
