@@ -12,8 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from methods.backbones.vit import MultiScaleResample, ViTBackbone, ViTConfig, vit_config
 from methods.base import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, Method, MethodConfig

@@ -43,6 +43,7 @@ from runners.profiles import (DEFAULT_PROFILE, HARMONISED_RUN, NOTES, PROFILES, 
 if TYPE_CHECKING:
     import torch
 
+    from benchmarks.numerics import Numerics
     from methods.base import Method, TrainRecipe
 
 DATA_ROOT_ENV = "DGSS_DATA_ROOT"

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import speed
-from benchmarks.evaluate import evaluate_split, infer_logits
+from benchmarks.evaluate import evaluate_split
 from benchmarks.protocols import InferenceSpec, get_protocol
 
 

@@ -4,7 +4,6 @@ leaderboard's links to run pages and galleries."""
 import json
 import re
 from html.parser import HTMLParser
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -9,8 +9,6 @@ import torch
 
 from benchmarks.predictions import prediction_files, read_palette_png, split_image_names
 from benchmarks.protocols import Protocol, load_split
-
-from datasets.base import DatasetLayoutError
 from datasets.loaders import build_dataset
 from datasets.transforms import TrainAugmentation, TrainTransform
 from methods.miniature_weights import MINIATURE_WEIGHTS, MINIATURE_WEIGHTS_DIR
