@@ -141,3 +141,20 @@ def test_input_error_messages_in_full():
     assert message(align_by_names, []) == "align_by_names: no confusion files given"
     assert message(align_by_names, [(["a", "b"], np.zeros((2, 2, 2))), (["c"], np.zeros((1, 2, 2)))]) == (
         "align_by_names: the confusion files share no image names ([2, 1] images)")
+
+
+def test_percentile_interval_is_computed_in_float64():
+    # positions 0.025 * 2 = 0.05 and 0.975 * 2 = 1.95 between the order statistics 0, 1, 3: 0.05 and 2.9
+    # (interpolated in float32 they would be 0.0500000007 and 2.9000001)
+    low, high = percentile_ci(np.array([3.0, 0.0, 1.0], dtype=np.float32))
+    assert low == pytest.approx(0.05, rel=1e-12) and high == pytest.approx(2.9, rel=1e-12)
+
+
+def test_draw_counts_are_how_often_each_image_is_drawn():
+    from reports.bootstrap import _draw_counts
+
+    counts = _draw_counts(np.random.default_rng(4), 5, 3)
+    idx = np.random.default_rng(4).integers(0, 5, size=(3, 5))
+    assert counts.dtype == np.float64
+    np.testing.assert_array_equal(counts, [np.bincount(row, minlength=5) for row in idx])
+    assert counts.sum(1).tolist() == [5.0, 5.0, 5.0]
