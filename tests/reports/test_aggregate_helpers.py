@@ -37,12 +37,14 @@ def test_newest_run_per_seed_sorted_by_seed_text_then_run_id():
         {"seed": 1, "created": "2026-01-02T00:00", "run_id": "b"},  # newer: wins over the larger run id
         {"seed": 0, "created": "", "run_id": "c"},
         {"seed": 0, "created": None, "run_id": "a"},  # same (missing) time: the larger run id wins
-        {"seed": 2, "created": "2026-01-01T00:00", "run_id": "d"},
-        {"seed": 2, "created": "", "run_id": "e"},  # no time loses to a time
+        {"seed": 2, "created": "", "run_id": "e"},
+        {"seed": 2, "created": "2026-01-01T00:00", "run_id": "d"},  # no time loses to a time, in either order
+        {"seed": 3, "created": "2026-01-01T00:00", "run_id": "g"},
+        {"seed": 3, "created": "", "run_id": "h"},
         {"seed": 10, "created": "2026-01-03T00:00", "run_id": "f"},
     ]
     chosen = _pick_per_seed(runs)
-    assert [(e["seed"], e["run_id"]) for e in chosen] == [(0, "c"), (1, "b"), (10, "f"), (2, "d")]
+    assert [(e["seed"], e["run_id"]) for e in chosen] == [(0, "c"), (1, "b"), (10, "f"), (2, "d"), (3, "g")]
 
 
 def test_gpu_hours_are_wall_hours_times_gpus_of_cuda_runs():
