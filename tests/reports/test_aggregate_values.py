@@ -105,3 +105,35 @@ def test_one_seed_has_no_std_and_a_cpu_run_no_gpu_hours(tmp_path, write_run):
             if r["kind"] == "reproduced"]
     assert rows and all(r["miou_std"] == "" and r["gpu_hours"] == "" and r["n_seeds"] == "1" for r in rows)
     assert all(r["miou_ci_low"] == "" and r["ci_level"] == "" for r in rows)  # resamples=0: no bootstrap
+
+
+def test_one_resample_is_still_a_bootstrap(tmp_path, write_run):
+    root = tmp_path / "runs"
+    record = json.loads(write_run(root, "rein", "dinov2_vitl14", seed=0, quality=0.6).read_text())
+    merged = merge_into_csv(tmp_path / "lb.csv", load_records(root), AggregateOptions(resamples=1))
+    rows = {r["target"]: r for r in merged if r["kind"] == "reproduced"}
+    row = rows["Cityscapes"]
+    with np.load(root / record["run_id"] / record["results"]["targets"]["cityscapes"]["confusion"]) as z:
+        cms = z["confusion"][np.argsort(z["names"])]
+    rng = np.random.default_rng(_seed("|".join([row[f] for f in GROUP_FIELDS] + ["Cityscapes"])))
+    idx = rng.integers(0, 10, (1, 10))
+    one_draw = _miou(cms[idx[0]].sum(0))
+    assert row["ci_resamples"] == "1" and row["miou_ci_low"] == row["miou_ci_high"] == f"{one_draw:.2f}"
+
+
+def test_seeds_without_common_images_get_no_interval_and_a_warning(tmp_path, write_run, capsys):
+    root = tmp_path / "runs"
+    write_run(root, "rein", "dinov2_vitl14", seed=0, quality=0.6)
+    other = json.loads(write_run(root, "rein", "dinov2_vitl14", seed=1, quality=0.6).read_text())
+    path = root / other["run_id"] / other["results"]["targets"]["cityscapes"]["confusion"]
+    with np.load(path) as z:
+        cms = z["confusion"]
+    np.savez(path, names=np.asarray([f"elsewhere_{i}" for i in range(len(cms))]), confusion=cms)
+    merged = merge_into_csv(tmp_path / "lb.csv", load_records(root), AggregateOptions(resamples=5))
+    rows = {r["target"]: r for r in merged if r["kind"] == "reproduced"}
+    assert rows["Cityscapes"]["miou_ci_low"] == "" and rows["Avg(C/B/M)"]["miou_ci_low"] == ""
+    assert rows["BDD100K"]["miou_ci_low"] != ""
+    err = capsys.readouterr().err
+    assert err.count("warning: no bootstrap CI for reproduced/real/rein/dinov2_vitl14/gta2cbm/") == 1
+    assert err.rstrip().endswith(
+        "/Cityscapes: align_by_names: the confusion files share no image names ([10, 10] images)")

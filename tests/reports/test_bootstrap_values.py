@@ -10,6 +10,7 @@ from reports.bootstrap import (
     DEFAULT_RESAMPLES,
     align_by_names,
     bootstrap_miou,
+    load_confusion_file,
     paired_difference_ci,
     percentile_ci,
     seed_from_key,
@@ -111,3 +112,49 @@ def test_paired_difference_level_and_default_seed():
     idx = np.random.default_rng(2).integers(0, 8, size=(100, 8))
     diffs = np.array([_miou(a[1][r].sum(0)) - _miou(b[1][r].sum(0)) for r in idx])
     assert (lo, hi) == pytest.approx(tuple(np.quantile(diffs, [0.05, 0.95])), rel=1e-12)
+
+
+def test_bootstrap_defaults_are_1000_resamples_with_seed_0():
+    cms = _cms(6, seed=8)
+    dist = bootstrap_miou(cms)
+    assert dist.shape == (1000,)
+    np.testing.assert_allclose(dist, _plain_bootstrap(cms[None], 1000, 0), rtol=1e-12)
+
+
+def test_missing_confusion_file_says_where_it_comes_from_and_the_fix(tmp_path):
+    missing = tmp_path / "eval" / "confusion_bdd100k.npz"
+    with pytest.raises(FileNotFoundError) as err:
+        load_confusion_file(missing)
+    assert str(err.value) == (f"per-image confusion file {missing} is missing (written by runners.run under "
+                              "<run>/eval/confusion_<target>.npz); re-run the evaluation or drop the CI")
+
+
+def test_input_error_messages_in_full():
+    def message(call, *args):
+        with pytest.raises(ValueError) as err:
+            call(*args)
+        return str(err.value)
+
+    assert message(bootstrap_miou, np.zeros((0, 3, 3))) == "bootstrap_miou: no images to resample"
+    assert message(bootstrap_miou, np.zeros((2, 3, 3, 4))) == (
+        "bootstrap_miou: expected [S, N, C, C] or [N, C, C] matrices, got shape (2, 3, 3, 4)")
+    assert message(align_by_names, []) == "align_by_names: no confusion files given"
+    assert message(align_by_names, [(["a", "b"], np.zeros((2, 2, 2))), (["c"], np.zeros((1, 2, 2)))]) == (
+        "align_by_names: the confusion files share no image names ([2, 1] images)")
+
+
+def test_percentile_interval_is_computed_in_float64():
+    # positions 0.025 * 2 = 0.05 and 0.975 * 2 = 1.95 between the order statistics 0, 1, 3: 0.05 and 2.9
+    # (interpolated in float32 they would be 0.0500000007 and 2.9000001)
+    low, high = percentile_ci(np.array([3.0, 0.0, 1.0], dtype=np.float32))
+    assert low == pytest.approx(0.05, rel=1e-12) and high == pytest.approx(2.9, rel=1e-12)
+
+
+def test_draw_counts_are_how_often_each_image_is_drawn():
+    from reports.bootstrap import _draw_counts
+
+    counts = _draw_counts(np.random.default_rng(4), 5, 3)
+    idx = np.random.default_rng(4).integers(0, 5, size=(3, 5))
+    assert counts.dtype == np.float64
+    np.testing.assert_array_equal(counts, [np.bincount(row, minlength=5) for row in idx])
+    assert counts.sum(1).tolist() == [5.0, 5.0, 5.0]
