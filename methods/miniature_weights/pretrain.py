@@ -13,7 +13,8 @@ towers already use OpenAI's names). What each one learns from the world's exact 
   many-sided: class probes alone collapse a 64-wide ViT onto ~8-15 directions, poorer segmentation inputs
   than a random patch embedding.
 - **Depth-Anything-V2**: starts from the DINOv2 stand-in (as DA-V2 starts from DINOv2) and regresses log depth
-  per patch from the taps; its probes are kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
+  per patch from the taps, with the spread term (depth alone collapsed the taps to rank ~15); its probes are
+  kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
 - **EVA02-CLIP** and **CLIP ResNet** with their text towers: symmetric InfoNCE between crops and their
   captions (templated class lists), and a dense alignment of patch features with the class-name prompts
   ("a photo of a car.") against the crop's class histogram, plus the same spread term on the features a
@@ -53,7 +54,7 @@ NUM_ELEMENTS = len(E)
 CLASS_PROMPTS = tuple(f"a photo of a {c}." for c in CITYSCAPES_CLASSES)
 _FAR_LOG = math.log(200.0)
 SPREAD_WEIGHT = 1.0
-"""Weight of :func:`feature_spread_loss` on every tap (DINOv2 and EVA02-CLIP stand-ins)."""
+"""Weight of :func:`feature_spread_loss` on the features every stand-in hands to a segmentation model."""
 DINOV2_CELLS = 7
 """The DINOv2 stand-in's probes read each 14 px patch as 7 x 7 cells of 2 px: a patch token must say what is
 where inside its patch (the within-patch detail a segmentation head needs at 1/4 resolution), not only what
@@ -253,10 +254,12 @@ def train_depth_anything(crops: WorldCrops, dinov2: ViTBackbone, cfg: PretrainCo
         logd = patch_log_depth(depth, p)
         out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
         pred = torch.stack(head(out.features)).sum(0)
-        loss = F.smooth_l1_loss(pred, logd)
-        _update(opt, set_lr, step, loss)
+        loss_spread = sum(feature_spread_loss(f) for f in out.features) / len(out.features)
+        loss_depth = F.smooth_l1_loss(pred, logd)
+        _update(opt, set_lr, step, loss_depth + SPREAD_WEIGHT * loss_spread)
         if step % 100 == 0 or step == steps - 1:
-            log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss_depth.detach()):.3f}, spread "
+                f"{float(loss_spread.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return backbone.eval(), head
 
 
