@@ -21,7 +21,7 @@ from ..labels import CITYSCAPES_PALETTE
 from .elements import ELEMENT_CITYSCAPES_ID, ELEMENT_MAPILLARY_ID, ELEMENT_SYNTHIA_ID, ELEMENT_TRAIN_ID
 from .scene import CONDITIONS, STYLES, render_scene
 
-MINIATURE_VERSION = "2"
+MINIATURE_VERSION = "3"
 """Bump whenever the generator's output changes (it is part of the cache folder name)."""
 
 MINIATURE_DOMAINS: tuple[str, ...] = ("gta5", "cityscapes", "bdd100k", "mapillary", "acdc", "synthia")

@@ -35,6 +35,14 @@ class _Camera:
         return self.f / max(Z, 0.05)
 
 
+def domain_materials(style: DomainStyle) -> np.ndarray:
+    """The domain's own colour offset of every element [elements, 3] (zeros for ``materials=0``)."""
+    if not style.materials:
+        return np.zeros(_BASE_RGB.shape, np.float32)
+    rng = np.random.default_rng([0x4D41, style.materials_seed])
+    return rng.normal(0.0, style.materials, _BASE_RGB.shape).astype(np.float32)
+
+
 class _Canvas:
     """Image (float32 RGB), element map and depth map drawn together with the same primitives."""
 
@@ -47,11 +55,12 @@ class _Canvas:
         self.lab = np.full((h, w), int(E.SKY), np.uint8)
         self.depth = np.full((h, w), _FAR, np.float32)
         self.lights: list[tuple[float, float, float, tuple[float, float, float]]] = []
-        self.palette = _BASE_RGB + (rng.normal(0, style.palette_jitter, _BASE_RGB.shape).astype(np.float32)
-                                    if style.palette_jitter else 0)
+        self.materials = domain_materials(style)
+        self.palette = _BASE_RGB + self.materials + (
+            rng.normal(0, style.palette_jitter, _BASE_RGB.shape).astype(np.float32) if style.palette_jitter else 0)
 
     def colour(self, e: E, base: np.ndarray | None = None, jitter: float | None = None) -> tuple[float, float, float]:
-        c = self.palette[int(e)] if base is None else np.asarray(base, np.float32)
+        c = self.palette[int(e)] if base is None else np.asarray(base, np.float32) + self.materials[int(e)]
         j = self.style.instance_jitter if jitter is None else jitter
         if j:
             c = c + self.rng.normal(0, j, 3)

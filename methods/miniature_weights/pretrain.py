@@ -7,13 +7,18 @@ towers already use OpenAI's names). What each one learns from the world's exact 
 
 - **DINOv2** (patch 14, as the official file; the methods resize it to 16 like Rein's converter): masked
   patch prediction. A quarter of the input patches are blanked in half of the batches; from every tapped
-  block, linear probes predict each patch's element-class histogram (31 world elements, finer than the 19
-  benchmark classes) and its log depth. The probes are thrown away.
+  block, linear probes predict, for each 2 px cell of every patch (``DINOV2_CELLS``), the element-class
+  histogram (31 world elements, finer than the 19 benchmark classes) and the log depth. The probes are thrown
+  away. A spread term (:func:`feature_spread_loss`, VICReg's variance + covariance) keeps every tap
+  many-sided: class probes alone collapse a 64-wide ViT onto ~8-15 directions, poorer segmentation inputs
+  than a random patch embedding.
 - **Depth-Anything-V2**: starts from the DINOv2 stand-in (as DA-V2 starts from DINOv2) and regresses log depth
-  per patch from the taps; its probes are kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
+  per patch from the taps, with the spread term (depth alone collapsed the taps to rank ~15); its probes are
+  kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
 - **EVA02-CLIP** and **CLIP ResNet** with their text towers: symmetric InfoNCE between crops and their
   captions (templated class lists), and a dense alignment of patch features with the class-name prompts
-  ("a photo of a car.") against the crop's class histogram. The CLIP ResNet's dense features are the
+  ("a photo of a car.") against the crop's class histogram, plus the same spread term on the features a
+  segmentation model reads (the ViT's taps, the ResNet's ``layer4``). The CLIP ResNet's dense features are the
   attention pool's value and output projections applied per location (MaskCLIP's reading of CLIP).
 
 The text towers use the real CLIP tokenizer, so their token table has the full vocabulary; rows of tokens the
@@ -48,6 +53,12 @@ from methods.backbones.vit import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_S
 NUM_ELEMENTS = len(E)
 CLASS_PROMPTS = tuple(f"a photo of a {c}." for c in CITYSCAPES_CLASSES)
 _FAR_LOG = math.log(200.0)
+SPREAD_WEIGHT = 1.0
+"""Weight of :func:`feature_spread_loss` on the features every stand-in hands to a segmentation model."""
+DINOV2_CELLS = 7
+"""The DINOv2 stand-in's probes read each 14 px patch as 7 x 7 cells of 2 px: a patch token must say what is
+where inside its patch (the within-patch detail a segmentation head needs at 1/4 resolution), not only what
+is in it."""
 
 
 @dataclass(frozen=True)
@@ -132,6 +143,19 @@ def soft_cross_entropy(logits: Tensor, target: Tensor) -> Tensor:
     return loss[keep].mean()
 
 
+def feature_spread_loss(features: Tensor) -> Tensor:
+    """VICReg's variance and covariance terms on patch features [B, C, h, w]: every channel keeps a spread of
+    at least 1 over the patches, channels stay decorrelated. Without them the probes' few targets collapse the
+    features onto a few directions (effective rank ~8-15 of 64), far poorer inputs for a segmentation head
+    than the many-sided features of a real foundation model."""
+    z = features.permute(0, 2, 3, 1).reshape(-1, features.shape[1])
+    z = z - z.mean(0)
+    std = (z.var(0) + 1e-4).sqrt()
+    cov = (z.t() @ z) / max(1, len(z) - 1)
+    off = cov - torch.diag(torch.diagonal(cov))
+    return F.relu(1 - std).mean() + off.pow(2).sum() / z.shape[1]
+
+
 def blank_patches(images: Tensor, rng: np.random.Generator, patch: int, ratio: float, fill: Sequence[float]) -> Tensor:
     """Masked-modelling input: ``ratio`` of the patches replaced by the mean colour ``fill``."""
     b, _, h, w = images.shape
@@ -169,14 +193,16 @@ def dinov2_standin_config():
 
 
 class _TapProbes(nn.Module):
-    """One linear probe per tap: ``out`` channels per patch (thrown away, or kept as a depth head)."""
+    """One linear probe per tap: ``out`` channels for each of the ``cells`` x ``cells`` sub-cells of every patch
+    (pixel-shuffled to a grid ``cells`` times finer; thrown away, or kept as a depth head)."""
 
-    def __init__(self, taps: int, dim: int, out: int):
+    def __init__(self, taps: int, dim: int, out: int, cells: int = 1):
         super().__init__()
-        self.projects = nn.ModuleList(nn.Conv2d(dim, out, 1) for _ in range(taps))
+        self.cells = cells
+        self.projects = nn.ModuleList(nn.Conv2d(dim, out * cells * cells, 1) for _ in range(taps))
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        return [p(f) for p, f in zip(self.projects, features)]
+        return [F.pixel_shuffle(p(f), self.cells) for p, f in zip(self.projects, features)]
 
 
 def train_dinov2(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 1, log=print) -> ViTBackbone:
@@ -184,26 +210,29 @@ def train_dinov2(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 1, log=p
     rng = np.random.default_rng([cfg.world_seed, seed])
     vit_cfg = dinov2_standin_config()
     backbone = ViTBackbone(vit_cfg)
-    probes = _TapProbes(len(vit_cfg.taps), vit_cfg.embed_dim, NUM_ELEMENTS + 1)
+    probes = _TapProbes(len(vit_cfg.taps), vit_cfg.embed_dim, NUM_ELEMENTS + 1, cells=DINOV2_CELLS)
     steps = cfg.steps("dinov2")
     opt, set_lr = _optimizer([*backbone.parameters(), *probes.parameters()], cfg, steps)
     p, size = vit_cfg.patch_size, 8 * vit_cfg.patch_size
+    cell = p // DINOV2_CELLS
     t0 = time.perf_counter()
     for step in range(steps):
         images, elements, depth, _ = crops.sample(rng, cfg.batch_size, size)
         if step % 2 == 1:
             images = blank_patches(images, rng, p, 0.25, IMAGENET_MEAN)
-        hist = patch_histograms(elements, NUM_ELEMENTS, p)
-        logd = patch_log_depth(depth, p)
+        hist = patch_histograms(elements, NUM_ELEMENTS, cell)
+        logd = patch_log_depth(depth, cell)
         out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
         loss_cls = loss_depth = 0
         for pred in probes(out.features):
             loss_cls = loss_cls + soft_cross_entropy(pred[:, :NUM_ELEMENTS], hist)
             loss_depth = loss_depth + F.smooth_l1_loss(pred[:, NUM_ELEMENTS:], logd)
-        loss = (loss_cls + loss_depth) / len(out.features)
+        loss_spread = sum(feature_spread_loss(f) for f in out.features)
+        loss = (loss_cls + loss_depth + SPREAD_WEIGHT * loss_spread) / len(out.features)
         _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
-            log(f"dinov2 {step + 1}/{steps}: element CE {float(loss_cls.detach()) / 4:.3f}, depth {float(loss_depth.detach()) / 4:.3f} "
+            log(f"dinov2 {step + 1}/{steps}: element CE {float(loss_cls.detach()) / 4:.3f}, depth {float(loss_depth.detach()) / 4:.3f}, "
+                f"spread {float(loss_spread.detach()) / 4:.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     return backbone.eval()
 
@@ -225,10 +254,12 @@ def train_depth_anything(crops: WorldCrops, dinov2: ViTBackbone, cfg: PretrainCo
         logd = patch_log_depth(depth, p)
         out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
         pred = torch.stack(head(out.features)).sum(0)
-        loss = F.smooth_l1_loss(pred, logd)
-        _update(opt, set_lr, step, loss)
+        loss_spread = sum(feature_spread_loss(f) for f in out.features) / len(out.features)
+        loss_depth = F.smooth_l1_loss(pred, logd)
+        _update(opt, set_lr, step, loss_depth + SPREAD_WEIGHT * loss_spread)
         if step % 100 == 0 or step == steps - 1:
-            log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
+            log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss_depth.detach()):.3f}, spread "
+                f"{float(loss_spread.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
     return backbone.eval(), head
 
 
@@ -258,7 +289,8 @@ def _dense_alignment(features: Tensor, class_emb: Tensor, classes: Tensor, patch
 def _clip_loop(name: str, crops: WorldCrops, cfg: PretrainConfig, size: int, parameters, text: CLIPTextEncoder,
                encode: Callable[[Tensor], tuple[Tensor, Tensor]], patch: int, rng: np.random.Generator, log,
                logit_scale: nn.Parameter) -> None:
-    """Shared loop: ``encode(images)`` -> (global embeddings [B, E], dense features [B, E, h, w])."""
+    """Shared loop: ``encode(images)`` -> (global embeddings [B, E], dense features [B, E, h, w], the
+    :func:`feature_spread_loss` of the features a segmentation model reads)."""
     steps = cfg.steps(name)
     opt, set_lr = _optimizer([*parameters, *text.parameters(), logit_scale], cfg, steps)
     prompts = text.tokenize(CLASS_PROMPTS)
@@ -266,15 +298,16 @@ def _clip_loop(name: str, crops: WorldCrops, cfg: PretrainConfig, size: int, par
     for step in range(steps):
         images, elements, _, captions = crops.sample(rng, cfg.batch_size, size)
         classes = torch.from_numpy(ELEMENT_TRAIN_ID[elements.numpy()]).long()
-        global_emb, dense = encode(images)
+        global_emb, dense, loss_spread = encode(images)
         caption_emb = text.encode_tokens(text.tokenize(captions), normalize=False)
         class_emb = text.encode_tokens(prompts, normalize=False)
         loss_global = _contrastive(global_emb, caption_emb, logit_scale)
         loss_dense = _dense_alignment(dense, class_emb, classes, patch, logit_scale)
-        loss = loss_global + loss_dense
+        loss = loss_global + loss_dense + SPREAD_WEIGHT * loss_spread
         _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
-            log(f"{name} {step + 1}/{steps}: contrastive {float(loss_global.detach()):.3f}, dense {float(loss_dense.detach()):.3f} "
+            log(f"{name} {step + 1}/{steps}: contrastive {float(loss_global.detach()):.3f}, dense {float(loss_dense.detach()):.3f}, "
+                f"spread {float(loss_spread.detach()):.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
 
 
@@ -291,7 +324,8 @@ def train_eva_clip(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 3, log
         out = visual(_normalise(images, CLIP_MEAN, CLIP_STD), project=True)
         h, w = out.grid
         tokens = out.projected[:, 1:]
-        return out.projected[:, 0], tokens.transpose(1, 2).reshape(len(tokens), -1, h, w)
+        spread = sum(feature_spread_loss(f) for f in out.features) / len(out.features)
+        return out.projected[:, 0], tokens.transpose(1, 2).reshape(len(tokens), -1, h, w), spread
 
     _clip_loop("eva_clip", crops, cfg, 8 * vit_cfg.patch_size, visual.parameters(), text, encode,
                vit_cfg.patch_size, rng, log, logit_scale)
@@ -319,7 +353,7 @@ def train_clip_resnet(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 4, 
         feats = tower(x)["layer4"]  # segmentation geometry, stride 16
         dense = F.conv2d(F.conv2d(feats, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias),
                          pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
-        return global_emb, dense
+        return global_emb, dense, feature_spread_loss(feats)
 
     _clip_loop("clip_rn", crops, cfg, 128, tower.parameters(), text, encode, 16, rng, log, logit_scale)
     return tower.eval(), text.eval(), logit_scale.detach()

@@ -199,3 +199,32 @@ def test_ensure_miniature_caches_and_is_concurrency_safe(tmp_path, monkeypatch):
     assert is_miniature_root(ensure_miniature(cache, params=params))
     assert is_miniature_root(ensure_miniature(cache, params=params, force=True))
     assert sorted(p.name for p in root.parent.iterdir()) == [root.name]
+
+
+def test_domain_materials_repaint_each_element_the_same_way_in_every_image():
+    """A target domain's look: one fixed RGB offset per element (not a global colour jitter); GTA5 and the
+    pretraining world have none; ACDC shares Cityscapes' materials."""
+    import dataclasses
+
+    from datasets.miniature.elements import _BASE_RGB
+    from datasets.miniature.scene import domain_materials
+    from datasets.miniature.styles import MATERIALS_STD, STYLES
+
+    assert not domain_materials(STYLES["gta5"]).any()
+    expected = np.random.default_rng([0x4D41, 1]).normal(0.0, 36.0, _BASE_RGB.shape)
+    assert MATERIALS_STD == 36.0
+    np.testing.assert_allclose(domain_materials(STYLES["cityscapes"]), expected, atol=1e-4)
+    np.testing.assert_array_equal(domain_materials(STYLES["acdc"]), domain_materials(STYLES["cityscapes"]))
+    seeds = {d: STYLES[d].materials_seed for d in ("cityscapes", "bdd100k", "mapillary", "synthia")}
+    assert len(set(seeds.values())) == 4 and all(STYLES[d].materials == 36.0 for d in seeds)
+    # rendered: the same scene with and without materials differs on the road by the road's offset
+    plain = dataclasses.replace(STYLES["gta5"], saturation=(1, 1), hue_shift=(0, 0), brightness=(1, 1),
+                                contrast=(1, 1), texture=0.0, instance_jitter=0.0)
+    painted = dataclasses.replace(plain, materials=36.0, materials_seed=1)
+    a, lab_a = render_scene([3, 4], plain)
+    b, lab_b = render_scene([3, 4], painted)
+    np.testing.assert_array_equal(lab_a, lab_b)
+    road = lab_a == E.ROAD
+    shift = b[road].astype(float).mean(0) - a[road].astype(float).mean(0)
+    np.testing.assert_allclose(shift, np.clip(_BASE_RGB[E.ROAD] + expected[E.ROAD], 0, 255) - _BASE_RGB[E.ROAD],
+                               atol=1.5)

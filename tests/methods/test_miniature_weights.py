@@ -159,7 +159,10 @@ def test_frozen_standin_features_transfer_across_domains_where_random_ones_do_no
         ft, _ = _vit_patch_features(backbone, tgt_x, IMAGENET_MEAN, IMAGENET_STD)
         ys, yt = _patch_majority(src_y, grid).reshape(-1), _patch_majority(tgt_y, grid).reshape(-1)
         accuracy[pretrained] = _linear_probe_accuracy(fs[ys != 255], ys[ys != 255], ft, yt)
-    assert accuracy[True] > accuracy[False] + 0.1, accuracy
+    # measured: DINOv2 0.56 vs 0.48 at random init (Cityscapes-style scenes repaint every material, see
+    # datasets.miniature.styles; 0.68 before the spread term, which costs linear separability but keeps the
+    # features many-sided: test_standin_features_are_not_collapsed)
+    assert accuracy[True] > accuracy[False] + 0.05, accuracy
 
 
 def test_clip_standins_classify_patches_zero_shot_from_class_names():
@@ -193,5 +196,45 @@ def test_clip_standins_classify_patches_zero_shot_from_class_names():
             target = _patch_majority(labels, dense.shape[-2:])
             keep = target != 255
             accuracy[pretrained] = float((pred[keep] == target[keep]).float().mean())
-        assert accuracy[True] > 0.4 and accuracy[True] > accuracy[False] + 0.2, (file, accuracy)
+        # measured: EVA02-CLIP 0.45, CLIP ResNet 0.35; random init 0.01-0.07
+        assert accuracy[True] > 0.3 and accuracy[True] > accuracy[False] + 0.2, (file, accuracy)
 
+
+
+def _effective_rank(features: torch.Tensor) -> float:
+    """(sum s)^2 / sum s^2 of the centred patch features [N, C]: how many directions carry the spread."""
+    s = torch.linalg.svdvals(features - features.mean(0))
+    return float(s.sum() ** 2 / (s ** 2).sum())
+
+
+@pytest.mark.parametrize("name,file,init_values,mean,std", [
+    ("dinov2_tiny", "dinov2_tiny_pretrain.pth", 1e-5, IMAGENET_MEAN, IMAGENET_STD),
+    ("dinov2_tiny", "depth_anything_v2_tiny.pth", 1.0, IMAGENET_MEAN, IMAGENET_STD),
+    ("eva02_tiny", "EVA02_CLIP_tiny.pt", None, CLIP_MEAN, CLIP_STD),
+])
+def test_standin_features_are_not_collapsed(name, file, init_values, mean, std):
+    """Every tap of the ViT stand-ins spreads over many directions on benchmark scenes (effective rank >= 24 of
+    64, measured 36-38; without the spread term of their pretraining the class probes collapsed them to 7-15,
+    depth regression to 15-18, and a Mask2Former head did better on random features)."""
+    images, _ = _scenes("gta5", range(4))
+    backbone = ViTBackbone(vit_config(name, **({"init_values": init_values} if init_values else {})))
+    assert backbone.load_official(DIR / file).ok()
+    x = (images - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    with torch.no_grad():
+        taps = backbone.eval()(x).features
+    ranks = [_effective_rank(f.permute(0, 2, 3, 1).reshape(-1, f.shape[1])) for f in taps]
+    assert min(ranks) >= 24, ranks
+
+
+def test_feature_spread_loss_by_hand():
+    """VICReg's variance hinge (mean of max(0, 1 - std_c)) plus the squared off-diagonal covariances / C."""
+    from methods.miniature_weights.pretrain import feature_spread_loss
+
+    # two channels over four locations (B=1, h=2, w=2): c0 = (0, 0, 2, 2), c1 = (0, 1, 0, 1)
+    f = torch.tensor([[[[0.0, 0.0], [2.0, 2.0]], [[0.0, 1.0], [0.0, 1.0]]]])
+    # var (unbiased): c0 = 4/3, c1 = 1/3; cov(c0, c1) = 0
+    expected = (max(0.0, 1 - (4 / 3 + 1e-4) ** 0.5) + max(0.0, 1 - (1 / 3 + 1e-4) ** 0.5)) / 2
+    assert float(feature_spread_loss(f)) == pytest.approx(expected, abs=1e-6)
+    # perfectly correlated channels: c1 = c0 -> cov 4/3 counted twice, / C = 2
+    g = torch.tensor([[[[0.0, 0.0], [2.0, 2.0]], [[0.0, 0.0], [2.0, 2.0]]]])
+    assert float(feature_spread_loss(g)) == pytest.approx(2 * (4 / 3) ** 2 / 2, abs=1e-5)
