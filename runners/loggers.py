@@ -18,6 +18,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ class RunLogger:
 NullLogger = RunLogger
 
 
+def _after_existing_event_files(log_dir: Path) -> None:
+    """Wait until the clock is past the second in every event file name of ``log_dir``. TensorBoard reads the
+    files in name order, and the name is ``events.out.tfevents.<second>.<host>.<pid>.<counter>``: a resumed
+    writer opened in the same second could sort before the interrupted one (counter 10 < 9, another pid), and
+    its purge would then be undone."""
+    stamps = [int(part) for p in log_dir.glob("events.out.tfevents.*")
+              if (part := p.name.split(".")[3]).isdigit()]
+    while stamps and int(time.time()) <= max(stamps):
+        time.sleep(0.05)
+
+
 class TensorBoardLogger(RunLogger):
     """Event files in ``log_dir``; the writer opens at the first step logged and purges the events at and
     after it, so a resumed run does not show the interrupted session's tail twice."""
@@ -100,6 +112,7 @@ class TensorBoardLogger(RunLogger):
         if self._writer is None:
             from torch.utils.tensorboard import SummaryWriter
 
+            _after_existing_event_files(self.log_dir)
             self._writer = SummaryWriter(str(self.log_dir), purge_step=step)
         for tag, value in values.items():
             self._writer.add_scalar(tag, value, step)

@@ -111,3 +111,20 @@ def test_wandb_logger_runs_offline(tmp_path, monkeypatch):
     assert calls["init"]["mode"] == "offline" and calls["init"]["id"] == "abc" and calls["init"]["dir"] == str(tmp_path)
     assert calls["log"] == [(5, {"train/loss": 2.0, "train/loss_ce": 2.0, "lr/group0": 0.1})] and calls["finished"]
     assert logger.describe() == {"kind": "wandb", "dir": "wandb", "mode": "offline"}
+
+
+def test_a_resumed_writer_opened_in_the_same_second_sorts_after_the_interrupted_one(tmp_path):
+    """TensorBoard reads event files in name order and the name starts with the second it was opened: a
+    resumed writer in the same second, with a counter 10 after 9 or another pid, would sort first and its
+    purge would be undone (seen once in the full suite)."""
+    import socket
+    import time
+
+    # same host, a pid that sorts after any real one: without the wait the resumed file would sort first
+    interrupted = tmp_path / f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.999999999.9"
+    interrupted.write_bytes(b"")
+    resumed = TensorBoardLogger(tmp_path)
+    resumed.log_scalars({"train/loss": 1.0}, 3)
+    resumed.close()
+    files = sorted(p.name for p in tmp_path.glob("events.out.tfevents.*"))
+    assert files[0] == interrupted.name and len(files) == 2
