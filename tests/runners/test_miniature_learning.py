@@ -12,18 +12,10 @@ import pytest
 from runners.run import main as run_main
 
 
-@pytest.fixture(scope="module")
-def small_root(tmp_path_factory):
-    from datasets.miniature import MiniatureParams, ensure_miniature
-
-    params = MiniatureParams(count_scale=0.25, domains=("gta5", "cityscapes", "bdd100k", "mapillary"))
-    return ensure_miniature(tmp_path_factory.mktemp("mini"), params=params)
-
-
 @pytest.mark.slow
-def test_rein_learns_well_above_chance_with_its_miniature_recipe(tmp_path, small_root):
+def test_rein_learns_well_above_chance_with_its_miniature_recipe(tmp_path, mini_root):
     out = tmp_path / "rein"
-    code = run_main(["--method", "rein", "--protocol", "gta2cbm", "--data-root", str(small_root),
+    code = run_main(["--method", "rein", "--protocol", "gta2cbm", "--data-root", str(mini_root),
                      "--out", str(out), "--no-progress", "--logger", "none"])
     assert code == 0
     record = json.loads((out / "result.json").read_text())

@@ -20,15 +20,6 @@ from runners.loggers import loss_names, read_event_scalars
 from runners.train import Trainer
 
 
-@pytest.fixture(scope="module")
-def mini_root(tmp_path_factory):
-    from datasets.miniature import ensure_miniature
-
-    from datasets.miniature import MiniatureParams
-
-    return ensure_miniature(tmp_path_factory.mktemp("cache"), params=MiniatureParams(count_scale=0.25))
-
-
 def test_dry_run_reports_dinov2_large_frozen_params(capsys):
     assert run_main(["--method", "frozen_m2f", "--protocol", "gta2cbm", "--dry-run"]) == 0
     spec = json.loads(capsys.readouterr().out)
