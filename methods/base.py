@@ -240,6 +240,13 @@ class Method(nn.Module, abc.ABC):
         """Hook: map an official released checkpoint's keys to this implementation's. Identity by default."""
         return state
 
+    @classmethod
+    def pretrained_files(cls, config: Any) -> tuple[str, ...]:
+        """The official files ``config`` loads, known before any model is built (a run's identity keeps the
+        sha256 of these and of no others). Subclasses fill this; :meth:`pretrained_loaders` maps the same
+        names to their loaders."""
+        return ()
+
     def pretrained_loaders(self) -> dict[str, Any]:
         """Map official file name -> callable(path) -> KeyReport that loads it. Subclasses fill this."""
         return {}

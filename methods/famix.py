@@ -816,9 +816,13 @@ class FAMix(Method):
                 "seconds": round(time.perf_counter() - t0, 2)}
 
     # ------------------------------------------------------------------ weights and checkpoints
+    @classmethod
+    def pretrained_files(cls, config: FAMixConfig) -> tuple[str, ...]:
+        file = config.resnet.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
+        return (file,) if file else ()
+
     def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.resnet.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        return {file: self.load_official} if file else {}
+        return {file: self.load_official for file in self.pretrained_files(self.config)}
 
     def load_official(self, path: str | Path) -> KeyReport:
         """Image tower + attention pool from OpenAI's ``RN50.pt`` / ``RN101.pt`` (the text tower is read from

@@ -435,9 +435,13 @@ class Rein(ViTMask2Former):
         return {"query_pos": q, "query_content": self.decode_head.querys2feat(q)}
 
     # ---------------------------------------------------------------------------------- checkpoints
+    @classmethod
+    def pretrained_files(cls, config: ReinConfig) -> tuple[str, ...]:
+        file = config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
+        return (file,) if file else ()
+
     def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        return {file: self._load_official} if file else {}
+        return {file: self._load_official for file in self.pretrained_files(self.config)}
 
     def _load_official(self, path) -> KeyReport:
         """The frozen backbone's official file; EVA02's ``inner_attn_ln`` is reported as ignored when the

@@ -632,12 +632,16 @@ class TextualQueryDrivenMaskTransformer(Method):
         """Everything trainable plus the FPN's BatchNorm statistics; never ``reg_E0`` or the text tower."""
         return {k for k in super().trainable_keys() if not k.startswith(("reg_E0.", "text_encoder."))}
 
-    def pretrained_loaders(self) -> dict[str, Any]:
-        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        if file and self.config.text.weights_file not in (None, file):
+    @classmethod
+    def pretrained_files(cls, config: TqdmConfig) -> tuple[str, ...]:
+        file = config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
+        if file and config.text.weights_file not in (None, file):
             raise ValueError(f"tqdm loads both towers from one file; the configs name {file} and "
-                             f"{self.config.text.weights_file}")
-        return {file: self.load_official} if file else {}
+                             f"{config.text.weights_file}")
+        return (file,) if file else ()
+
+    def pretrained_loaders(self) -> dict[str, Any]:
+        return {file: self.load_official for file in self.pretrained_files(self.config)}
 
     def load_official(self, path) -> KeyReport:
         """Image and text towers from one official CLIP / EVA-CLIP file (both towers are in it); then rebuild

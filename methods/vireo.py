@@ -712,13 +712,20 @@ class Vireo(Rein):
         return losses
 
     # ---------------------------------------------------------------------------------- weights
+    @staticmethod
+    def _files_by_tower(config: VireoConfig) -> dict[str, str | None]:
+        """The official file of each tower (at scale="miniature": the stand-ins, methods.miniature_weights)."""
+        return {"vit": config.vit.weights_file, "depth": config.depth_vit.weights_file,
+                "text": config.text_weights_file or text_config(config.text).weights_file}
+
+    @classmethod
+    def pretrained_files(cls, config: VireoConfig) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(f for f in cls._files_by_tower(config).values() if f))
+
     def pretrained_loaders(self) -> dict[str, Any]:
-        # at scale="miniature": the stand-ins (methods.miniature_weights)
-        text_file = self.config.text_weights_file or text_config(self.config.text).weights_file
-        files = {self.config.vit.weights_file: self._load_official,
-                 self.config.depth_vit.weights_file: self.depth_backbone.load_official,
-                 text_file: self.load_text_official}
-        return {f: loader for f, loader in files.items() if f}
+        loaders = {"vit": self._load_official, "depth": self.depth_backbone.load_official,
+                   "text": self.load_text_official}
+        return {file: loaders[tower] for tower, file in self._files_by_tower(self.config).items() if file}
 
     def load_text_official(self, path: str | Path) -> KeyReport:
         """Load the CLIP text tower from ``ViT-L-14-336px.pt`` (vision keys ignored); the class embeddings are

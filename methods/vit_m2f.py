@@ -114,10 +114,14 @@ class ViTMask2Former(Method):
         outputs = self.forward_head(images)
         return semantic_inference(outputs["pred_logits"], outputs["pred_masks"], size=images.shape[-2:])
 
-    def pretrained_loaders(self) -> dict[str, Any]:
+    @classmethod
+    def pretrained_files(cls, config: ViTMask2FormerConfig) -> tuple[str, ...]:
         """The backbone's official file (at ``scale="miniature"``: its miniature stand-in, methods.miniature_weights)."""
-        file = self.config.vit.weights_file
-        return {file: self.backbone.load_official} if file else {}
+        file = config.vit.weights_file
+        return (file,) if file else ()
+
+    def pretrained_loaders(self) -> dict[str, Any]:
+        return {file: self.backbone.load_official for file in self.pretrained_files(self.config)}
 
     def train(self, mode: bool = True) -> "ViTMask2Former":
         super().train(mode)

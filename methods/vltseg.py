@@ -456,9 +456,13 @@ class VLTSeg(ViTMask2Former):
         return losses
 
     # ---------------------------------------------------------------------------------- weights
+    @classmethod
+    def pretrained_files(cls, config: VLTSegConfig) -> tuple[str, ...]:
+        file = config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
+        return (file,) if file else ()
+
     def pretrained_loaders(self) -> dict[str, Callable]:
-        file = self.config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        return {file: self._load_official} if file else {}
+        return {file: self._load_official for file in self.pretrained_files(self.config)}
 
     def _load_official(self, path) -> KeyReport:
         """The official CLIP / EVA-CLIP file: image tower (+ text tower for PTM). Pretrained tensors that the

@@ -245,6 +245,8 @@ def resolve(args: argparse.Namespace, *, log=print) -> ResolvedRun:
             weights_dir, shipped = miniature_weights_dir(), miniature_weights_sha256()
         except MiniatureWeightsError as err:
             raise UserError(str(err)) from None
+        # only the stand-ins this config loads are part of its identity (a retrained DA file re-keys vireo only)
+        shipped = {file: digest for file, digest in shipped.items() if file in cls.pretrained_files(config)}
     spec = {
         "method": cls.name, "backbone": backbone, "scale": scale, "seed": seed,
         "model": dataclasses.asdict(config), "recipe": recipe_dict(recipe),

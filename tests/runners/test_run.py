@@ -11,7 +11,7 @@ from benchmarks.predictions import prediction_files, read_palette_png, split_ima
 from benchmarks.protocols import Protocol, load_split
 from datasets.loaders import build_dataset
 from datasets.transforms import TrainAugmentation, TrainTransform
-from methods.miniature_weights import MINIATURE_WEIGHTS, MINIATURE_WEIGHTS_DIR
+from methods.miniature_weights import MINIATURE_WEIGHTS, MINIATURE_WEIGHTS_DIR, read_sha256sums
 from methods.registry import create_method
 from reports.leaderboard import main as leaderboard_main
 from runners.run import build_parser, resolve
@@ -104,9 +104,24 @@ def test_random_init_skips_the_miniature_standins_and_changes_the_run_identity(m
 
     shipped, random_init = resolved(), resolved("--random-init")
     assert shipped.weights_dir == MINIATURE_WEIGHTS_DIR and random_init.weights_dir is None
-    assert set(shipped.spec["miniature_weights"]) == set(MINIATURE_WEIGHTS)
+    assert shipped.spec["miniature_weights"] == {"dinov2_tiny_pretrain.pth": read_sha256sums()["dinov2_tiny_pretrain.pth"]}
     assert random_init.spec["miniature_weights"] == {} and random_init.spec["random_init"] is True
     assert shipped.spec_hash != random_init.spec_hash
+
+
+@pytest.mark.parametrize("method", ["tqdm", "rein", "set", "famix", "vireo", "vltseg", "frozen_m2f"])
+def test_a_run_identity_keeps_the_digests_of_the_standins_its_method_loads_and_no_others(mini_root, method):
+    """A retrained Depth-Anything stand-in re-keys Vireo's runs, not tqdm's: the spec keeps the sha256 of the files
+    the method loads, which the stand-ins' own table (``used_by``) lists independently; the built model loads
+    exactly those files."""
+    args = build_parser().parse_args(["--method", method, "--data-root", str(mini_root)])
+    run = resolve(args, log=lambda *_: None)
+    used = {file for file, weights in MINIATURE_WEIGHTS.items() if method in weights.used_by}
+    sums = read_sha256sums()
+    assert run.spec["miniature_weights"] == {file: sums[file] for file in used}
+    assert set(run.method_class.pretrained_files(run.config)) == used
+    torch.manual_seed(0)
+    assert set(run.method_class(run.config).pretrained_loaders()) == used
 
 
 def test_end_to_end_record_and_leaderboard(tmp_path, mini_root, capsys):
