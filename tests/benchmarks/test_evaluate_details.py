@@ -345,3 +345,103 @@ def test_messages_in_full():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert infer_logits(linear_predict, torch.ones(1, 3, 4, 4) * 2, WHOLE, C).dtype == torch.float32
+
+
+# ---------------------------------------------------------------------------------------------- after the first run
+def test_windows_of_one_pixel_are_valid():
+    # h 1, crop (1, 2), stride 1: one row; columns ceil((3 - 2) / 1) + 1 = 2
+    assert slide_windows(1, 3, (1, 2), (1, 1)) == [(0, 1, 0, 2), (0, 1, 1, 3)]
+
+
+def test_slide_scores_are_float32_for_a_float64_image():
+    image = torch.rand(1, 3, 6, 7, generator=torch.Generator().manual_seed(2), dtype=torch.float64) * 255
+    spec = InferenceSpec(mode="slide", crop_size=(4, 4), stride=(3, 3))
+    out = infer_logits(lambda x: linear_predict(x.float()).double(), image, spec, C)
+    assert out.dtype == torch.float32
+
+
+def test_scale_two_is_resized():
+    shapes = []
+    image = torch.rand(1, 3, 5, 6, generator=torch.Generator().manual_seed(3)) * 255
+    spec = InferenceSpec(mode="whole", crop_size=None, stride=None, scales=(2.0,))
+    infer_logits(lambda x: shapes.append(tuple(x.shape[-2:])) or linear_predict(x), image, spec, C)
+    assert shapes == [(10, 12)]
+
+
+def test_empty_saves_have_their_dtypes_on_disk(tmp_path):
+    res = run(Items(n=0), tmp_path)
+    assert res.confusion.dtype == np.int64
+    with np.load(save_confusions(tmp_path / "e.npz", [], [], 2)) as z:
+        assert z["confusion"].dtype == np.int64 and z["names"].dtype.kind == "U" and z["names"].shape == (0,)
+
+
+def test_failed_write_whose_temporary_file_is_already_gone(tmp_path, monkeypatch):
+    target = tmp_path / "c.npz"
+
+    def vanishing_savez(f, **arrays):
+        for p in tmp_path.glob(".c.npz.*.tmp"):
+            p.unlink()
+        raise OSError("device gone")
+
+    monkeypatch.setattr(np, "savez", vanishing_savez)
+    with pytest.raises(OSError, match="device gone"):  # the write's error, not the cleanup's
+        save_confusions(target, ["a"], np.zeros((1, 2, 2), np.int64), 2)
+
+
+def test_autocast_dtype_is_the_one_asked_for(tmp_path):
+    seen = []
+
+    def predict(x):
+        seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+        return linear_predict(x)
+
+    evaluate_split(predict, Items(n=1), WHOLE, key="k", num_classes=C, out_dir=tmp_path, progress=False,
+                   autocast_dtype=torch.float16)
+    assert seen == [torch.float16]
+
+
+def test_prefetching_loader_settings(tmp_path, monkeypatch):
+    """In order, two images ahead per worker, items passed through as they are, pinned only for CUDA."""
+    settings = []
+
+    class Stop(Exception):
+        pass
+
+    def recording_loader(dataset, **kwargs):
+        settings.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(torch.utils.data, "DataLoader", recording_loader)
+    for device in ("cpu", "cuda"):
+        with pytest.raises(Stop):
+            run(Items(n=2), tmp_path, num_workers=3, device=device)
+    assert settings[0] == {"batch_size": None, "num_workers": 3, "collate_fn": evaluate_mod._identity,
+                           "pin_memory": False, "prefetch_factor": 2}
+    assert settings[1]["pin_memory"] is True
+
+
+def test_images_and_labels_go_to_the_device(tmp_path, monkeypatch):
+    """On the ``meta`` device (no data): the model and the confusion get tensors on the requested device."""
+    devices = []
+
+    def predict(x):
+        devices.append(("image", x.device.type))
+        return torch.zeros(x.shape[0], C, *x.shape[-2:], device=x.device)
+
+    def confusion(pred, label, num_classes, ignore_index):
+        devices.append(("pred", pred.device.type))
+        devices.append(("label", label.device.type))
+        return np.zeros((num_classes, num_classes), np.int64)
+
+    monkeypatch.setattr(evaluate_mod, "confusion_matrix", confusion)
+    evaluate_split(predict, Items(n=1), WHOLE, key="k", num_classes=C, out_dir=tmp_path, progress=False,
+                   device="meta")
+    assert devices == [("image", "meta"), ("pred", "meta"), ("label", "meta")]
+
+
+def test_window_batches_reach_the_model(tmp_path):
+    calls = []
+    spec = InferenceSpec(mode="slide", crop_size=(4, 4), stride=(3, 3))  # 6 x 7: 2 x 2 windows
+    evaluate_split(lambda x: calls.append(x.shape[0]) or linear_predict(x), Items(n=1), spec, key="k",
+                   num_classes=C, out_dir=tmp_path, progress=False, batch_windows=3)
+    assert calls == [3, 1]
