@@ -371,9 +371,11 @@ def test_resume_takes_this_ranks_rng_state_when_the_world_size_matches(tmp_path)
 # ---------------------------------------------------------------------------------------------- selection, stop
 def test_selection_ties_keep_the_first_and_the_last_iteration_is_scored(tmp_path):
     scores = iter([50.0, 70.0, 70.0])
+    asked = []
     _, trainer = make(tmp_path, RECIPE.replace(iterations=5, select_interval=2, checkpoint_interval=100),
-                      validate=lambda it: next(scores))
+                      validate=lambda it: asked.append(it) or next(scores))
     result = trainer.run(resume=False)
+    assert asked == [2, 4, 5]
     assert result.selection == {"interval": 2, "best_iteration": 4, "best_miou": 70.0,
                                 "checkpoint": "checkpoints/best.pt", "history": [[2, 50.0], [4, 70.0], [5, 70.0]]}
     best = torch.load(tmp_path / "checkpoints" / "best.pt", weights_only=False)
@@ -448,3 +450,43 @@ def test_seed_everything_and_rng_state_round_trip():
     first = (random.random(), np.random.random(), torch.rand(1).item())
     set_rng_state(state)
     assert (random.random(), np.random.random(), torch.rand(1).item()) == first
+
+
+def test_cuda_rng_state_only_with_cuda(monkeypatch):
+    set_calls = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", set_calls.append)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: ["gpu0"])
+    state = rng_state()
+    set_rng_state(dict(state, cuda=["saved"]))  # no CUDA here: the saved GPU state is not applied
+    assert set_calls == [] and "cuda" not in state
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert rng_state()["cuda"] == ["gpu0"]
+    set_rng_state(state)  # a checkpoint written without CUDA: nothing to apply
+    set_rng_state(dict(state, cuda=["saved"]))
+    assert set_calls == [["saved"]]
+
+
+def test_resume_of_a_fresh_folder_starts_at_zero_and_loads_to_cpu(tmp_path, monkeypatch):
+    _, trainer = make(tmp_path / "a", RECIPE.replace(iterations=2))
+    result = trainer.run(resume=True)  # nothing to resume: a fresh, seeded run
+    assert result.resumed_from is None and [e["iteration"] for e in read_log(tmp_path / "a")] == [1, 2]
+    _, fresh = make(tmp_path / "b", RECIPE.replace(iterations=2))
+    fresh.run(resume=False)
+    assert [e["loss"] for e in read_log(tmp_path / "a")] == [e["loss"] for e in read_log(tmp_path / "b")]
+    loads = []
+    real_load = torch.load
+    monkeypatch.setattr(torch, "load", lambda path, **kw: loads.append(kw) or real_load(path, **kw))
+    _, again = make(tmp_path / "a", RECIPE.replace(iterations=3))
+    again.run(resume=True)
+    assert loads[0] == {"map_location": "cpu", "weights_only": False}  # a GPU checkpoint resumes anywhere
+
+
+def test_another_specs_checkpoint_message_in_full(tmp_path):
+    make(tmp_path, RECIPE.replace(iterations=1))[1].run(resume=False)
+    _, other = make(tmp_path, RECIPE)
+    other.spec_hash = "other"
+    ckpt = tmp_path / "checkpoints" / "last.pt"
+    with pytest.raises(RuntimeError) as err:
+        other.run(resume=True)
+    assert str(err.value) == (f"{ckpt} belongs to a different run spec (h != other); use another --out or delete "
+                              "the folder to start over")
