@@ -10,6 +10,8 @@ import sys
 import numpy as np
 import pytest
 import torch
+# the first optimizer.step imports torch._dynamo (~4 s); imported at collection, mutmut's fork server shares it
+import torch._dynamo  # noqa: F401
 import torch.nn.functional as F
 from torch import nn
 
@@ -414,9 +416,11 @@ def test_stop_request_is_agreed_by_all_ranks(tmp_path, monkeypatch):
 # ---------------------------------------------------------------------------------------------- output, seeds
 def test_progress_line_written_out():
     entry = {"iteration": 6, "loss": 1.23456, "loss_ce": 0.5, "aux": 3.0, "lr": 0.000123456, "time": 9.0}
-    assert progress_line(entry, 10, 2, 2.0) == "iter 6/10  loss 1.2346 loss_ce 0.5000  lr 0.000123  2.00 it/s  ETA 00:00:02"
+    assert progress_line(entry, 10, 2, 2.0) == (
+        "iter 6/10  loss 1.2346 loss_ce 0.5000  lr 0.000123  2.00 it/s  ETA 00:00:02")
     slow = dict(entry, iteration=3)
-    assert progress_line(slow, 7448, 2, 1.0) == "iter 3/7448  loss 1.2346 loss_ce 0.5000  lr 0.000123  1.00 it/s  ETA 02:04:05"
+    assert progress_line(slow, 7448, 2, 1.0) == (
+        "iter 3/7448  loss 1.2346 loss_ce 0.5000  lr 0.000123  1.00 it/s  ETA 02:04:05")
     assert progress_line(entry, 10, 2, 0.0).endswith("lr 0.000123  0.00 it/s  ETA ?")
     assert progress_line(dict(entry, iteration=2), 10, 2, 3.0).endswith("0.00 it/s  ETA ?")
 
