@@ -494,3 +494,21 @@ def test_another_specs_checkpoint_message_in_full(tmp_path):
         other.run(resume=True)
     assert str(err.value) == (f"{ckpt} belongs to a different run spec (h != other); use another --out or delete "
                               "the folder to start over")
+
+
+def test_ddp_checkpoint_keeps_every_ranks_rng_and_only_rank_0_writes(tmp_path, monkeypatch):
+    torch.manual_seed(5)
+    other = rng_state()
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, other])  # 2 ranks
+    _, trainer = make(tmp_path, RECIPE)
+    optimizer = build_optimizer(trainer.method, RECIPE)
+    torch.manual_seed(3)
+    trainer._save(optimizer, 7)
+    ckpt = torch.load(trainer.ckpt_path, weights_only=False)
+    assert ckpt["iteration"] == 7 and len(ckpt["rng_per_rank"]) == 2
+    assert torch.equal(ckpt["rng"]["torch"], torch.Generator().manual_seed(3).get_state())
+    assert torch.equal(ckpt["rng_per_rank"][1]["torch"], other["torch"])
+    monkeypatch.setattr(distributed, "is_main", lambda: False)
+    trainer.ckpt_path.unlink()
+    trainer._save(optimizer, 8)
+    assert not trainer.ckpt_path.exists()
