@@ -512,3 +512,80 @@ def test_ddp_checkpoint_keeps_every_ranks_rng_and_only_rank_0_writes(tmp_path, m
     trainer.ckpt_path.unlink()
     trainer._save(optimizer, 8)
     assert not trainer.ckpt_path.exists()
+
+
+def test_stop_flag_is_reduced_on_the_trainers_device(tmp_path, monkeypatch):
+    """NCCL reduces device tensors: the flag is made on the trainer's device (``meta`` here, no data)."""
+    devices = []
+    monkeypatch.setattr(distributed, "world_size", lambda: 2)
+    monkeypatch.setattr(distributed, "all_reduce_mean", lambda t: devices.append(t.device.type) or torch.ones(1))
+    method = TwoLoss(TwoLoss.default_config())
+    trainer = Trainer(method, RECIPE, Data(), out_dir=tmp_path, seed=0, device=torch.device("meta"), spec_hash="h",
+                      progress=False, should_stop=lambda: True)
+    assert trainer._stop_requested() is True and devices == ["meta"]
+
+
+def test_the_model_is_moved_to_the_device(tmp_path):
+    method = TwoLoss(TwoLoss.default_config())
+    trainer = Trainer(method, RECIPE, Data(), out_dir=tmp_path, seed=0, device=torch.device("meta"), spec_hash="h",
+                      progress=False, log=lambda *_: None)
+    with pytest.raises(Exception):  # meta tensors hold no values to log
+        trainer.run(resume=False)
+    assert {p.device.type for p in method.parameters()} == {"meta"}
+
+
+def test_a_finished_run_returns_its_selection(tmp_path):
+    scores = iter([1.0, 2.0])
+    recipe = RECIPE.replace(iterations=2, select_interval=1)
+    _, trainer = make(tmp_path, recipe, validate=lambda it: next(scores))
+    first = trainer.run(resume=False).selection
+    _, again = make(tmp_path, recipe, validate=lambda it: 1 / 0)
+    result = again.run(resume=True)
+    assert result.resumed_from == 2 and result.selection == first and first["best_iteration"] == 2
+
+
+def test_ddp_wraps_the_training_step(tmp_path, monkeypatch):
+    """With 2 processes (simulated): the step is DDP's wrapper of (method, device); each rank takes half the
+    batch."""
+    wrapped, batches = [], []
+    monkeypatch.setattr(distributed, "info", lambda: distributed.DistInfo(0, 0, 2))
+    monkeypatch.setattr(distributed, "all_reduce_mean", lambda t: t)
+    monkeypatch.setattr(distributed, "all_gather_object", lambda obj: [obj, obj])
+
+    def ddp_step(method, device):
+        wrapped.append((method, device))
+        return lambda images, labels: batches.append(images.shape[0]) or method.training_step(images, labels)
+
+    monkeypatch.setattr(distributed, "ddp_training_step", ddp_step)
+    method, trainer = make(tmp_path, RECIPE.replace(iterations=2))
+    trainer.run(resume=False)
+    assert wrapped == [(method, torch.device("cpu"))] and batches == [1, 1]
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_training_loader_settings(tmp_path, monkeypatch, device):
+    """Batches of the per-rank size from the sampler, pinned only for CUDA, no persistent workers, full batches,
+    and its own generator (seeded with the run's seed)."""
+    import runners.train as train_mod
+
+    class Stop(Exception):
+        pass
+
+    settings = []
+
+    def loader(dataset, **kwargs):
+        settings.append(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(train_mod, "DataLoader", loader)
+    method, trainer = make(tmp_path, RECIPE, num_workers=2, seed=4)
+    trainer.device = torch.device(device)
+    monkeypatch.setattr(method, "to", lambda d: method)  # no CUDA here: only the loader's settings are looked at
+    with pytest.raises(Stop):
+        trainer.run(resume=False)
+    kwargs = settings[0]
+    assert isinstance(kwargs.pop("sampler"), DeterministicSampler)
+    generator = kwargs.pop("generator")
+    assert torch.equal(generator.get_state(), torch.Generator().manual_seed(4).get_state())
+    assert kwargs == {"batch_size": 2, "collate_fn": train_mod.collate, "num_workers": 2,
+                      "pin_memory": device == "cuda", "persistent_workers": False, "drop_last": True}
