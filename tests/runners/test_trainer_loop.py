@@ -6,6 +6,7 @@ per rank, log truncation, selection), stopping, the progress line and bar, seedi
 import json
 import random
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -218,11 +219,15 @@ def test_first_two_logged_losses_recomputed_in_plain_torch(tmp_path):
 
 def test_log_cadence_timing_fields_and_progress_lines(tmp_path):
     """Logged: iteration 1, every log_interval-th, and the last. it/s is measured between log lines."""
-    lines = []
-    method, trainer = make(tmp_path, RECIPE.replace(log_interval=3), log=lines.append)
+    lines, hooked = [], []
+    method, trainer = make(tmp_path, RECIPE.replace(log_interval=3), log=lines.append, on_log=hooked.append)
     method.eval()  # the trainer switches to train mode itself
+    before = time.perf_counter()
     result = trainer.run(resume=False)
+    wall = time.perf_counter() - before
     log = read_log(tmp_path)
+    assert hooked == log  # every log line also goes to the on_log hook (TensorBoard, W&B)
+    assert result.seconds <= wall
     assert [e["iteration"] for e in log] == [1, 3, 6, 8] and "grad_norm" not in log[0]
     assert all(method.seen_training) and len(method.seen_training) == 8
     previous = (0, 0.0)
@@ -525,13 +530,20 @@ def test_stop_flag_is_reduced_on_the_trainers_device(tmp_path, monkeypatch):
     assert trainer._stop_requested() is True and devices == ["meta"]
 
 
-def test_the_model_is_moved_to_the_device(tmp_path):
+def test_the_model_is_moved_to_the_device(tmp_path, monkeypatch):
+    import runners.train as train_mod
+
+    moved = []
+    real = train_mod.batch_to_device
+    monkeypatch.setattr(train_mod, "batch_to_device", lambda batch, device, **kw: moved.append(device) or
+                        real(batch, device, **kw))
     method = TwoLoss(TwoLoss.default_config())
     trainer = Trainer(method, RECIPE, Data(), out_dir=tmp_path, seed=0, device=torch.device("meta"), spec_hash="h",
                       progress=False, log=lambda *_: None)
     with pytest.raises(Exception):  # meta tensors hold no values to log
         trainer.run(resume=False)
     assert {p.device.type for p in method.parameters()} == {"meta"}
+    assert moved == [torch.device("meta")]  # and so is the batch
 
 
 def test_a_finished_run_returns_its_selection(tmp_path):
@@ -589,3 +601,58 @@ def test_training_loader_settings(tmp_path, monkeypatch, device):
     assert torch.equal(generator.get_state(), torch.Generator().manual_seed(4).get_state())
     assert kwargs == {"batch_size": 2, "collate_fn": train_mod.collate, "num_workers": 2,
                       "pin_memory": device == "cuda", "persistent_workers": False, "drop_last": True}
+
+
+def test_trainer_defaults(tmp_path):
+    trainer = Trainer(TwoLoss(TwoLoss.default_config()), RECIPE, Data(), out_dir=tmp_path, seed=0,
+                      device=torch.device("cpu"), spec_hash="h")
+    assert (trainer.num_workers, trainer.progress, trainer.stop_after, trainer.compile, trainer.on_log,
+            trainer.should_stop, trainer.validate, trainer.log) == (0, True, None, False, None, None, None, print)
+
+
+def test_stop_after_counts_from_the_resumed_iteration(tmp_path):
+    recipe = RECIPE.replace(checkpoint_interval=4)
+    make(tmp_path, recipe, stop_after=4)[1].run(resume=False)
+    result = make(tmp_path, recipe, stop_after=2)[1].run(resume=True)
+    assert (result.resumed_from, result.iterations) == (4, 6)
+    assert result.images_per_second == pytest.approx((6 - 4) * 2 / result.seconds, rel=1e-12)
+
+
+def test_a_sampler_that_yields_nothing_ends_without_losses(tmp_path):
+    _, trainer = make(tmp_path, RECIPE, sampler_factory=lambda *args, **kwargs: [])
+    result = trainer.run(resume=False)
+    assert result.final_losses == {} and result.iterations == 0
+
+
+def test_progress_bar_settings(tmp_path, monkeypatch):
+    import tqdm.auto
+
+    bars = []
+
+    class Bar:
+        def __init__(self, **kwargs):
+            self.kwargs, self.n, self.postfix, self.closed = kwargs, 0, [], 0
+            bars.append(self)
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **kwargs):
+            self.postfix.append(kwargs)
+
+        def close(self):
+            self.closed += 1
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Bar)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    recipe = RECIPE.replace(iterations=4, checkpoint_interval=2, log_interval=2)
+    for stop_after, resume in ((2, False), (None, True)):
+        _, trainer = make(tmp_path, recipe, stop_after=stop_after)
+        trainer.progress = True
+        trainer.run(resume=resume)
+    assert [b.kwargs for b in bars] == [
+        {"total": 4, "initial": start, "desc": "train two_loss", "unit": "it", "dynamic_ncols": True}
+        for start in (0, 2)]
+    assert [b.n for b in bars] == [2, 2] and [b.closed for b in bars] == [1, 1]
+    log = read_log(tmp_path)
+    assert [p["loss"] for b in bars for p in b.postfix] == [f"{e['loss']:.3f}" for e in log]
