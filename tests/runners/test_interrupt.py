@@ -20,6 +20,17 @@ from runners.records import write_json_atomic
 from runners.train import Trainer, TrainingStopped, atomic_torch_save
 
 
+@pytest.fixture(autouse=True)
+def default_signal_handlers():
+    """Python's default SIGINT/SIGTERM handlers during each test: StopRequest leaves a handler it did not expect
+    alone (as it should), and a process started in the background, or mutmut's fork server, ignores SIGINT."""
+    previous = {sig: signal.signal(sig, handler)
+                for sig, handler in ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL))}
+    yield
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
 def test_stop_request_handlers(monkeypatch):
     seen = []
     submitit_like = lambda signum, frame: seen.append(signum)  # noqa: E731
