@@ -197,7 +197,7 @@ CHANGED = {
         "inference.stride", "targets[bdd100k].test_resize", "targets[cityscapes].test_resize",
         "targets[mapillary].test_resize",
     ],
-    ("gta2cbm", "tqdm"): ['source.split'],
+    ("gta2cbm", "tqdm"): ["source.split"],
     ("gta2cbm", "famix"): [
         "inference.crop_size", "inference.mode", "inference.stride", "source.split", "targets[bdd100k].test_resize",
         "targets[cityscapes].test_resize", "targets[mapillary].center_crop", "targets[mapillary].test_resize",
@@ -206,8 +206,8 @@ CHANGED = {
         "reference.test_resize", "targets[mapillary].mapillary_mapping", "targets[mapillary].prehalve",
         "targets[mapillary].test_resize",
     ],
-    ("city2bm", "rein_1024"): ['inference.crop_size', 'inference.stride'],
-    ("city2bm", "vltseg_1024"): ['inference.crop_size', 'inference.stride', 'targets[bdd100k].test_resize'],
+    ("city2bm", "rein_1024"): ["inference.crop_size", "inference.stride"],
+    ("city2bm", "vltseg_1024"): ["inference.crop_size", "inference.stride", "targets[bdd100k].test_resize"],
     ("city2bm", "tqdm"): [],
     ("syn2cbm", "rein"): [
         "targets[cityscapes].test_resize", "targets[mapillary].mapillary_mapping", "targets[mapillary].prehalve",
@@ -237,14 +237,14 @@ CHANGED = {
         "exports[acdc-test].test_resize", "reference.test_resize", "targets[acdc-fog].test_resize",
         "targets[acdc-night].test_resize", "targets[acdc-rain].test_resize", "targets[acdc-snow].test_resize",
     ],
-    ("city2acdc", "rein_1024"): ['inference.crop_size', 'inference.stride'],
-    ("city2acdc", "vltseg_1024"): ['inference.crop_size', 'inference.stride'],
+    ("city2acdc", "rein_1024"): ["inference.crop_size", "inference.stride"],
+    ("city2acdc", "vltseg_1024"): ["inference.crop_size", "inference.stride"],
     ("city2bmacdc", "rein"): [
         "exports[acdc-test].test_resize", "reference.test_resize", "targets[acdc].test_resize",
         "targets[mapillary].mapillary_mapping", "targets[mapillary].prehalve", "targets[mapillary].test_resize",
     ],
-    ("city2bmacdc", "rein_1024"): ['inference.crop_size', 'inference.stride'],
-    ("city2bmacdc", "vltseg_1024"): ['inference.crop_size', 'inference.stride', 'targets[bdd100k].test_resize'],
+    ("city2bmacdc", "rein_1024"): ["inference.crop_size", "inference.stride"],
+    ("city2bmacdc", "vltseg_1024"): ["inference.crop_size", "inference.stride", "targets[bdd100k].test_resize"],
 }
 
 
