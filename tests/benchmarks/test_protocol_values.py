@@ -1,0 +1,44 @@
+"""Protocol lookups, defaults of a stored protocol file and error messages, written out in full."""
+
+import pytest
+
+from benchmarks.protocols import InferenceSpec, Protocol, SplitSpec, get_protocol, variant_changes
+
+
+def test_split_finds_targets_and_the_reference_by_key():
+    p = get_protocol("gta2cbm")
+    assert p.split("bdd100k") is p.targets[1] and p.split("mapillary") is p.targets[2]
+    assert p.split("gta5") is p.reference
+    with pytest.raises(KeyError) as err:
+        p.split("acdc")
+    assert err.value.args[0] == (
+        "protocol 'gta2cbm' has no split 'acdc'; splits: ['cityscapes', 'bdd100k', 'mapillary', 'gta5']")
+
+
+MINIMAL = {
+    "name": "mine",
+    "source": {"key": "gta5", "dataset": "gta5", "split": "all"},
+    "targets": [{"key": "cityscapes", "dataset": "cityscapes", "split": "val", "test_resize": [2048, 1024]}],
+    "reference": {"key": "gta5", "dataset": "gta5", "split": "val"},
+}
+
+
+def test_from_dict_fills_the_documented_defaults():
+    p = Protocol.from_dict(MINIMAL)
+    assert (p.description, p.aggregation, p.miniature, p.variant) == ("", "mean", False, "default")
+    assert p.inference == InferenceSpec("slide", (512, 512), (341, 341), False, (1.0,))
+    assert p.targets == (SplitSpec("cityscapes", "cityscapes", "val", (2048, 1024)),)
+    assert (p.extra_sources, p.exports) == ((), ())
+    with_scales = Protocol.from_dict({**MINIMAL, "inference": {"mode": "whole", "crop_size": None, "stride": None,
+                                                                "scales": [0.5, 1.0]}})
+    assert with_scales.inference == InferenceSpec("whole", None, None, False, (0.5, 1.0))
+
+
+def test_from_dict_rejects_an_unknown_aggregation():
+    with pytest.raises(ValueError, match="Protocol.aggregation must be one of"):
+        Protocol.from_dict({**MINIMAL, "aggregation": "median"})
+
+
+def test_variant_changes_of_the_default_is_empty():
+    assert variant_changes("gta2cbm", "default") == {}
+    assert variant_changes("city2bm", "tqdm") == {}  # tqdm's c2b-512 settings are the harmonised default
