@@ -2,7 +2,7 @@
 
 import pytest
 
-from benchmarks.protocols import InferenceSpec, Protocol, SplitSpec, get_protocol, variant_changes
+from benchmarks.protocols import InferenceSpec, Protocol, SplitSpec, apply_changes, get_protocol, variant_changes
 
 
 def test_split_finds_targets_and_the_reference_by_key():
@@ -42,3 +42,16 @@ def test_from_dict_rejects_an_unknown_aggregation():
 def test_variant_changes_of_the_default_is_empty():
     assert variant_changes("gta2cbm", "default") == {}
     assert variant_changes("city2bm", "tqdm") == {}  # tqdm's c2b-512 settings are the harmonised default
+
+
+def test_apply_changes_replaces_a_whole_split_and_names_bad_paths():
+    p = get_protocol("gta2cbm")
+    bdd = SplitSpec("bdd100k", "bdd100k", "val", (1024, 512))
+    q = apply_changes(p, {"targets[bdd100k]": bdd})
+    assert q.targets == (p.targets[0], bdd, p.targets[2]) and q.reference == p.reference
+    with pytest.raises(ValueError) as err:
+        apply_changes(p, {"targets[bdd100k.test_resize": (1, 1)})
+    assert err.value.args[0] == "bad setting path segment 'targets[bdd100k'"
+    with pytest.raises(KeyError) as err:
+        apply_changes(p, {"targets[kitti].test_resize": (1, 1)})
+    assert err.value.args[0] == "no unique split 'kitti' in targets (['cityscapes', 'bdd100k', 'mapillary'])"
