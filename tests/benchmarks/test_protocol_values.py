@@ -2,7 +2,15 @@
 
 import pytest
 
-from benchmarks.protocols import InferenceSpec, Protocol, SplitSpec, apply_changes, get_protocol, variant_changes
+from benchmarks.protocols import (
+    CenterCropSpec,
+    InferenceSpec,
+    Protocol,
+    SplitSpec,
+    apply_changes,
+    get_protocol,
+    variant_changes,
+)
 
 
 def test_split_finds_targets_and_the_reference_by_key():
@@ -55,3 +63,14 @@ def test_apply_changes_replaces_a_whole_split_and_names_bad_paths():
     with pytest.raises(KeyError) as err:
         apply_changes(p, {"targets[kitti].test_resize": (1, 1)})
     assert err.value.args[0] == "no unique split 'kitti' in targets (['cityscapes', 'bdd100k', 'mapillary'])"
+
+
+def test_center_crop_spec_validation_in_full():
+    assert type(CenterCropSpec(10.0, (5, 5)).height) is int and CenterCropSpec(1, (1, 1)).height == 1
+    for height in (0, -3, 1.5):
+        with pytest.raises(ValueError) as err:
+            CenterCropSpec(height, (5, 5))
+        assert err.value.args[0] == f"CenterCropSpec.height must be a positive int, got {height!r}"
+    with pytest.raises(ValueError) as err:
+        CenterCropSpec(5, 5)
+    assert err.value.args[0] == "CenterCropSpec.size (h, w) must be a pair of ints (h, w) or None, got 5"
