@@ -8,7 +8,9 @@ from benchmarks.protocols import (
     Protocol,
     SplitSpec,
     apply_changes,
+    build_test_transform,
     get_protocol,
+    reported_classes,
     variant_changes,
 )
 
@@ -74,3 +76,32 @@ def test_center_crop_spec_validation_in_full():
     with pytest.raises(ValueError) as err:
         CenterCropSpec(5, 5)
     assert err.value.args[0] == "CenterCropSpec.size (h, w) must be a pair of ints (h, w) or None, got 5"
+
+
+def test_build_test_transform_carries_every_setting_of_the_split():
+    from datasets.transforms import HeightCenterCrop
+
+    crop = CenterCropSpec(1536, (1536, 1024), label_pad=0, image_pad=7)
+    split = SplitSpec("mapillary", "mapillary", "validation", (2048, 1024), center_crop=crop)
+    tf = build_test_transform(split)
+    assert (tf.resize, tf.prehalve) == ((2048, 1024), False)
+    assert tf.center_crop == HeightCenterCrop(height=1536, size=(1536, 1024), image_pad=7, label_pad=0)
+    halved = build_test_transform(SplitSpec("mapillary", "mapillary", "validation", (1024, 512), prehalve=True))
+    assert (halved.resize, halved.prehalve, halved.center_crop) == ((1024, 512), True, None)
+
+
+def test_reported_classes_error_in_full():
+    with pytest.raises(ValueError) as err:
+        reported_classes(17)
+    assert err.value.args[0] == "num_classes_reported must be one of [13, 16, 19], got 17"
+
+
+def test_center_crop_pads_are_bytes():
+    for name in ("label_pad", "image_pad"):
+        assert getattr(CenterCropSpec(5, (5, 5), **{name: 255}), name) == 255
+        assert getattr(CenterCropSpec(5, (5, 5), **{name: 0}), name) == 0
+        for bad in (256, -1, 2.5):
+            with pytest.raises(ValueError) as err:
+                CenterCropSpec(5, (5, 5), **{name: bad})
+            assert err.value.args[0] == f"CenterCropSpec.{name} must be an int in 0..255, got {bad!r}"
+    assert type(CenterCropSpec(5, (5, 5), label_pad=3.0, image_pad=4.0).label_pad) is int
