@@ -10,6 +10,7 @@ from benchmarks.protocols import (
     apply_changes,
     build_test_transform,
     get_protocol,
+    load_split,
     reported_classes,
     variant_changes,
 )
@@ -105,3 +106,18 @@ def test_center_crop_pads_are_bytes():
                 CenterCropSpec(5, (5, 5), **{name: bad})
             assert err.value.args[0] == f"CenterCropSpec.{name} must be an int in 0..255, got {bad!r}"
     assert type(CenterCropSpec(5, (5, 5), label_pad=3.0, image_pad=4.0).label_pad) is int
+
+
+def test_load_split_passes_loader_split_mapping_transform_and_options(monkeypatch):
+    import datasets
+
+    calls = []
+    monkeypatch.setattr(datasets, "build_dataset", lambda *args, **kwargs: calls.append((args, kwargs)) or "ds")
+    transform = object()
+    rein = SplitSpec("mapillary", "mapillary", "validation", mapillary_mapping="rein")
+    assert load_split(rein, "/data", transform, max_items=3) == "ds"
+    assert load_split(SplitSpec("bdd100k", "bdd100k", "val"), "/data") == "ds"
+    assert calls == [
+        (("mapillary", "validation", "/data"), {"mapillary_mapping": "rein", "transform": transform, "max_items": 3}),
+        (("bdd100k", "val", "/data"), {"mapillary_mapping": "robustnet", "transform": None}),
+    ]
