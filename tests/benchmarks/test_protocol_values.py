@@ -1,5 +1,7 @@
 """Protocol lookups, defaults of a stored protocol file and error messages, written out in full."""
 
+import dataclasses
+
 import pytest
 
 from benchmarks.protocols import (
@@ -11,6 +13,7 @@ from benchmarks.protocols import (
     build_test_transform,
     get_protocol,
     load_split,
+    miniature_twin,
     reported_classes,
     variant_changes,
 )
@@ -121,3 +124,31 @@ def test_load_split_passes_loader_split_mapping_transform_and_options(monkeypatc
         (("mapillary", "validation", "/data"), {"mapillary_mapping": "rein", "transform": transform, "max_items": 3}),
         (("bdd100k", "val", "/data"), {"mapillary_mapping": "robustnet", "transform": None}),
     ]
+
+
+def test_miniature_twin_written_out_for_every_kind_of_split():
+    base = get_protocol("city2acdc", variant="rein")
+    p = dataclasses.replace(
+        base, source=SplitSpec("cityscapes", "cityscapes", "train", (1024, 512)),
+        extra_sources=(SplitSpec("gta5", "gta5", "all", (1280, 720)),),
+        inference=InferenceSpec("slide", (1024, 1024), (683, 683), flip=True, scales=(0.75, 1.0)))
+    expected = Protocol(
+        name="city2acdc", variant="rein", miniature=True,
+        description=f"[miniature twin, native-size images, slide 256/170] {base.description}",
+        source=SplitSpec("cityscapes", "cityscapes", "train"), extra_sources=(SplitSpec("gta5", "gta5", "all"),),
+        targets=tuple(SplitSpec(f"acdc-{c}", "acdc", f"{c}/val") for c in ("fog", "night", "rain", "snow")),
+        reference=SplitSpec("cityscapes", "cityscapes", "val"), exports=(SplitSpec("acdc-test", "acdc", "test"),),
+        inference=InferenceSpec("slide", (256, 256), (170, 170), flip=True, scales=(0.75, 1.0)))
+    assert miniature_twin(p) == expected
+    assert miniature_twin(expected) is expected
+
+
+def test_miniature_twin_keeps_whole_image_inference_and_shrinks_the_centre_crop():
+    famix = get_protocol("gta2cbm", variant="famix")
+    crop = CenterCropSpec(1536, (1536, 1024), label_pad=0, image_pad=7)
+    p = dataclasses.replace(famix, targets=famix.targets[:2] + (
+        dataclasses.replace(famix.targets[2], center_crop=crop),))
+    twin = miniature_twin(p)
+    assert twin.inference == InferenceSpec("whole", None, None, False, (1.0,))
+    assert twin.targets[2] == SplitSpec("mapillary", "mapillary", "validation", mapillary_mapping="robustnet",
+                                        center_crop=CenterCropSpec(256, (256, 256), label_pad=0, image_pad=7))
