@@ -152,3 +152,16 @@ def test_miniature_twin_keeps_whole_image_inference_and_shrinks_the_centre_crop(
     assert twin.inference == InferenceSpec("whole", None, None, False, (1.0,))
     assert twin.targets[2] == SplitSpec("mapillary", "mapillary", "validation", mapillary_mapping="robustnet",
                                         center_crop=CenterCropSpec(256, (256, 256), label_pad=0, image_pad=7))
+
+
+@pytest.mark.parametrize("make,message", [
+    (lambda: InferenceSpec(crop_size=5), "InferenceSpec.crop_size must be a pair of ints (h, w) or None, got 5"),
+    (lambda: InferenceSpec(stride=(0, 5)), "InferenceSpec.stride must hold two positive ints, got (0, 5)"),
+    (lambda: InferenceSpec(crop_size=(5.5, 5)), "InferenceSpec.crop_size must hold two positive ints, got (5.5, 5)"),
+    (lambda: SplitSpec("c", "cityscapes", "val", (1, 2, 3)),
+     "SplitSpec.test_resize (long, short) must be a pair of ints (h, w) or None, got (1, 2, 3)"),
+])
+def test_pair_messages_in_full(make, message):
+    with pytest.raises(ValueError) as err:
+        make()
+    assert err.value.args[0] == message
