@@ -165,3 +165,18 @@ def test_pair_messages_in_full(make, message):
     with pytest.raises(ValueError) as err:
         make()
     assert err.value.args[0] == message
+
+
+def test_inference_spec_validation_in_full():
+    assert InferenceSpec(flip=1).flip is True and InferenceSpec(scales=[1, 2]).scales == (1.0, 2.0)
+    with pytest.raises(ValueError) as err:
+        InferenceSpec(stride=(5, 0))
+    assert err.value.args[0] == "InferenceSpec.stride must hold two positive ints, got (5, 0)"
+    with pytest.raises(ValueError) as err:
+        InferenceSpec(mode="slide", stride=None)
+    assert err.value.args[0] == (
+        "InferenceSpec(mode='slide') needs crop_size and stride, e.g. (512, 512) and (341, 341)")
+    for scales in ((), (0.0,), (-1.0,), (float("inf"),), (1.0, float("nan"))):
+        with pytest.raises(ValueError) as err:
+            InferenceSpec(scales=scales)
+        assert err.value.args[0] == f"InferenceSpec.scales must be non-empty positive floats, got {scales!r}"
