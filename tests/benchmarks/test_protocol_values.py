@@ -180,3 +180,11 @@ def test_inference_spec_validation_in_full():
         with pytest.raises(ValueError) as err:
             InferenceSpec(scales=scales)
         assert err.value.args[0] == f"InferenceSpec.scales must be non-empty positive floats, got {scales!r}"
+
+
+def test_split_spec_validation_in_full():
+    s = SplitSpec("c", "cityscapes", "val", num_classes_reported=16.0, prehalve=1)
+    assert type(s.num_classes_reported) is int and s.prehalve is True
+    with pytest.raises(ValueError) as err:
+        SplitSpec("", "cityscapes", "val")
+    assert err.value.args[0] == "SplitSpec.key must be a non-empty display name, e.g. 'cityscapes'"
