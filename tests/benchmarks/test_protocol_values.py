@@ -6,6 +6,7 @@ import pytest
 
 from benchmarks.protocols import (
     CenterCropSpec,
+    GallerySpec,
     InferenceSpec,
     Protocol,
     SplitSpec,
@@ -188,3 +189,26 @@ def test_split_spec_validation_in_full():
     with pytest.raises(ValueError) as err:
         SplitSpec("", "cityscapes", "val")
     assert err.value.args[0] == "SplitSpec.key must be a non-empty display name, e.g. 'cityscapes'"
+
+
+def test_protocol_validation_and_normalisation_in_full():
+    p = Protocol.from_dict(MINIMAL)
+    city, bdd = SplitSpec("cityscapes", "cityscapes", "val"), SplitSpec("bdd100k", "bdd100k", "val")
+    acdc = SplitSpec("acdc-test", "acdc", "test")
+    q = dataclasses.replace(p, targets=[city, bdd], extra_sources=[SplitSpec("synthia", "synthia", "all")],
+                            exports=[acdc], gallery={"images_per_target": 2, "seed": 5}, miniature=1)
+    assert type(q.targets) is tuple and type(q.extra_sources) is tuple and type(q.exports) is tuple
+    assert q.gallery == GallerySpec(2, 5) and q.miniature is True
+    for change, message in (
+        ({"gallery": "x"}, "Protocol.gallery must be a GallerySpec, got 'x'"),
+        ({"exports": (acdc, acdc)}, "Protocol 'mine': export keys must be unique, got ['acdc-test', 'acdc-test']"),
+        ({"targets": ()}, "Protocol 'mine' needs at least one target split"),
+        ({"targets": (city, city)}, "Protocol 'mine': target keys must be unique, got ['cityscapes', 'cityscapes']"),
+        ({"reference": city}, "Protocol 'mine': reference key 'cityscapes' clashes with a target key"),
+    ):
+        with pytest.raises(ValueError) as err:
+            dataclasses.replace(p, **change)
+        assert err.value.args[0] == message
+    with pytest.raises(ValueError) as err:
+        SplitSpec("m", "mapillary", "validation", center_crop=(5, 5))
+    assert err.value.args[0] == "SplitSpec.center_crop must be a CenterCropSpec or None, got (5, 5)"
