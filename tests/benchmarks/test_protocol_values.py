@@ -212,3 +212,10 @@ def test_protocol_validation_and_normalisation_in_full():
     with pytest.raises(ValueError) as err:
         SplitSpec("m", "mapillary", "validation", center_crop=(5, 5))
     assert err.value.args[0] == "SplitSpec.center_crop must be a CenterCropSpec or None, got (5, 5)"
+
+
+def test_canonical_json_is_ascii_compact_and_sorted():
+    p = dataclasses.replace(Protocol.from_dict(MINIMAL), name="münchen", description="not hashed")
+    text = p.canonical_json()
+    assert text.startswith('{"aggregation":"mean","inference":{"crop_size":[512,512],"flip":false,"mode":"slide",')
+    assert '"name":"m\\u00fcnchen"' in text and "description" not in text and text.isascii()
