@@ -23,6 +23,7 @@ from datasets.transforms import (
     photometric_distortion,
     prehalve,
     random_crop_box,
+    rescale_size,
     shortest_edge_size,
 )
 
@@ -192,6 +193,11 @@ def test_rescale_draws():
         assert TrainTransform(TrainAugmentation(rescale=rescale, **extra)).target_size(1914, 1052, rng) == size
 
 
+def test_rescale_size_when_the_long_edge_binds():
+    assert rescale_size(4000, 1000, (2048, 1024)) == (2048, 512)  # min(2048 / 4000, 1024 / 1000) = 0.512
+    assert rescale_size(1000, 4000, (1024, 2048)) == (512, 2048)
+
+
 def test_shortest_edge_size_at_the_cap_and_rounding():
     assert shortest_edge_size(4096, 1024, 512, 2048) == (2048, 512)  # exactly at the cap
     assert shortest_edge_size(3, 2, 3, 100) == (5, 3)  # 4.5 rounds half up
@@ -211,18 +217,21 @@ def test_crop_at_exactly_cat_max_ratio_is_redrawn():
 
 
 @pytest.mark.parametrize("kwargs,message", [
-    ({"rescale": "bogus"}, "rescale must be one of"),
-    ({"rescale": "short_edge_choices"}, "needs a non-empty short_edge_choices"),
-    ({"rescale": "fixed"}, r"needs fixed_size=\(w, h\)"),
-    ({"ratio_range": (0.0, 1.0)}, "bad ratio_range"),
-    ({"ratio_range": (2.0, 1.0)}, "bad ratio_range"),
-    ({"crop_size": (0, 8)}, "bad crop_size"),
-    ({"color_jitter": (0.8, 0.8)}, "color_jitter must be 3 non-negative strengths"),
-    ({"color_jitter": (0.8, -0.1, 0.8)}, "color_jitter must be 3 non-negative"),
+    ({"rescale": "bogus"}, "rescale must be one of ('ratio_range', 'short_edge_choices', 'fixed', 'none'), got 'bogus'"),
+    ({"rescale": "short_edge_choices"}, "rescale='short_edge_choices' needs a non-empty short_edge_choices"),
+    ({"rescale": "fixed"}, "rescale='fixed' needs fixed_size=(w, h)"),
+    ({"ratio_range": (0.0, 1.0)}, "bad ratio_range (0.0, 1.0)"),
+    ({"ratio_range": (2.0, 1.0)}, "bad ratio_range (2.0, 1.0)"),
+    ({"crop_size": (0, 8)}, "bad crop_size (0, 8)"),
+    ({"color_jitter": (0.8, 0.8)},
+     "color_jitter must be 3 non-negative strengths (brightness, contrast, saturation), got (0.8, 0.8)"),
+    ({"color_jitter": (0.8, -0.1, 0.8)},
+     "color_jitter must be 3 non-negative strengths (brightness, contrast, saturation), got (0.8, -0.1, 0.8)"),
 ])
-def test_augmentation_errors(kwargs, message):
-    with pytest.raises(ValueError, match=message):
+def test_augmentation_errors_in_full(kwargs, message):
+    with pytest.raises(ValueError) as err:
         TrainAugmentation(**kwargs)
+    assert err.value.args[0] == message
 
 
 def test_augmentation_edge_values_are_accepted():
