@@ -294,3 +294,16 @@ def test_height_center_crop_pads_columns_and_crops_rows():
     assert (lab2[:, :2] == 3).all() and (lab2[:, 33:] == 3).all() and lab2.shape == (40, 36)
     assert (img2[:, :2] == 9).all() and (img2[:, 33:] == 9).all() and img2.shape == (40, 36, 3)
     assert img2.flags.c_contiguous and lab2.flags.c_contiguous
+
+
+def test_photometric_arithmetic_is_float32_as_in_mmseg():
+    # 90 * 0.7 is 63.0000002 in float32 (mmseg's convert) but 62.9999999 in float64: truncated to 63, not 62
+    rng = ScriptedRng(coin(0), coin(0), coin(0), coin(0), coin(1), ("uniform", (0.5, 1.5), 0.7))
+    out = photometric_distortion(np.full((1, 1, 3), 90, np.uint8), rng)
+    assert out.tolist() == [[[63, 63, 63]]] and rng.done()
+
+
+def test_a_single_pixel_class_counts_for_cat_max_ratio():
+    label = np.array([[0, 0, 1]], np.uint8)  # 2 vs 1 pixels: 0.67 < 0.75, accepted at the first draw
+    rng = ScriptedRng(("integers", (0, 1), 0), ("integers", (0, 1), 0))
+    assert random_crop_box(label, (1, 3), 0.75, rng) == (0, 1, 0, 3) and rng.done()
