@@ -307,3 +307,12 @@ def test_a_single_pixel_class_counts_for_cat_max_ratio():
     label = np.array([[0, 0, 1]], np.uint8)  # 2 vs 1 pixels: 0.67 < 0.75, accepted at the first draw
     rng = ScriptedRng(("integers", (0, 1), 0), ("integers", (0, 1), 0))
     assert random_crop_box(label, (1, 3), 0.75, rng) == (0, 1, 0, 3) and rng.done()
+
+
+def test_fixed_rescale_to_a_square_resizes_a_landscape_sample():
+    sample, _, _ = _blocky_sample()  # 40 x 60 -> 60 x 60 (the width already matches)
+    aug = TrainAugmentation(crop_size=(60, 60), rescale="fixed", fixed_size=(60, 60), cat_max_ratio=1.0,
+                            photometric=False, hflip_prob=0.0)
+    rng = ScriptedRng(("integers", (0, 1), 0), ("integers", (0, 1), 0), ("random", (), 0.0))
+    out = TrainTransform(aug)(sample, rng)
+    assert out["valid_size"] == (60, 60) and rng.done()
