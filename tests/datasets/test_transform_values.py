@@ -316,3 +316,21 @@ def test_fixed_rescale_to_a_square_resizes_a_landscape_sample():
     rng = ScriptedRng(("integers", (0, 1), 0), ("integers", (0, 1), 0), ("random", (), 0.0))
     out = TrainTransform(aug)(sample, rng)
     assert out["valid_size"] == (60, 60) and rng.done()
+
+
+def test_train_transform_pads_rows_only():
+    sample, small_image, small_label = _blocky_sample()
+    aug = TrainAugmentation(crop_size=(24, 30), ratio_range=(0.5, 2.0), cat_max_ratio=1.0, photometric=False)
+    rng = ScriptedRng(("uniform", (0.5, 2.0), 0.5), ("integers", (0, 1), 0), ("integers", (0, 1), 0),
+                      ("random", (), 0.9))
+    out = TrainTransform(aug)(sample, rng)
+    label = out["label"].numpy()
+    assert label.shape == (24, 30) and out["valid_size"] == (20, 30) and (label[20:] == 255).all()
+    np.testing.assert_array_equal(label[:20], small_label)
+
+
+def test_height_center_crop_of_a_one_pixel_wide_image():
+    image, label = np.full((10, 1, 3), 50, np.uint8), np.full((10, 1), 7, np.uint8)
+    img2, lab2 = height_center_crop(image, label, HeightCenterCrop(5, (5, 3), image_pad=0, label_pad=255))
+    # width max(1, int(1 / 10 * 5)) = 1, padded by one column on each side
+    assert lab2.tolist() == [[255, 7, 255]] * 5 and (img2[:, 1] == 50).all() and (img2[:, [0, 2]] == 0).all()
