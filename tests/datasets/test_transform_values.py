@@ -334,3 +334,13 @@ def test_height_center_crop_of_a_one_pixel_wide_image():
     img2, lab2 = height_center_crop(image, label, HeightCenterCrop(5, (5, 3), image_pad=0, label_pad=255))
     # width max(1, int(1 / 10 * 5)) = 1, padded by one column on each side
     assert lab2.tolist() == [[255, 7, 255]] * 5 and (img2[:, 1] == 50).all() and (img2[:, [0, 2]] == 0).all()
+
+
+def test_height_center_crop_pads_rows_and_columns():
+    label = np.arange(100, dtype=np.uint8).reshape(10, 10)
+    image = np.repeat(label[..., None], 3, 2)
+    img2, lab2 = height_center_crop(image, label, HeightCenterCrop(10, (12, 14), image_pad=0, label_pad=255))
+    expected = np.full((12, 14), 255, np.uint8)
+    expected[1:11, 2:12] = label  # rows padded 1 + 1, columns 2 + 2
+    np.testing.assert_array_equal(lab2, expected)
+    assert img2.shape == (12, 14, 3)
