@@ -68,6 +68,7 @@ __all__ = [
     "protocol_diff",
     "keep_ratio_size",
     "apply_changes",
+    "build_registry",
     "ACDC_CONDITIONS",
 ]
 
@@ -428,85 +429,87 @@ _HARMONISED = InferenceSpec(mode="slide", crop_size=(512, 512), stride=(341, 341
 _CBM_EVAL = ("Cityscapes at (2048,1024), BDD100K at (1280,720), Mapillary fit to (2048,1024), slide 512/341, "
              "no flip")
 
-_BASE: tuple[Protocol, ...] = (
-    Protocol(
-        name="gta2cbm",
-        description=(
-            "GTA5 (all images) -> Cityscapes val, BDD100K val, Mapillary validation (RobustNet 66->19 "
-            "mapping); harmonised full-resolution evaluation: Cityscapes at (2048,1024), BDD100K at "
-            "(1280,720), Mapillary fit to (2048,1024), slide 512/341, no flip; rPD reference = GTA5 val "
-            "(RobustNet val list) at native size."
+def _base_protocols() -> tuple[Protocol, ...]:
+    """The harmonised default of every registered protocol (decisions.md §2, §3)."""
+    return (
+        Protocol(
+            name="gta2cbm",
+            description=(
+                "GTA5 (all images) -> Cityscapes val, BDD100K val, Mapillary validation (RobustNet 66->19 "
+                "mapping); harmonised full-resolution evaluation: Cityscapes at (2048,1024), BDD100K at "
+                "(1280,720), Mapillary fit to (2048,1024), slide 512/341, no flip; rPD reference = GTA5 val "
+                "(RobustNet val list) at native size."
+            ),
+            source=SplitSpec("gta5", "gta5", "all"),
+            targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
+            reference=SplitSpec("gta5", "gta5", "val"),
+            inference=_HARMONISED,
         ),
-        source=SplitSpec("gta5", "gta5", "all"),
-        targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
-        reference=SplitSpec("gta5", "gta5", "val"),
-        inference=_HARMONISED,
-    ),
-    Protocol(
-        name="city2bm",
-        description=(
-            "Cityscapes train -> BDD100K val, Mapillary validation (RobustNet mapping); BDD100K at "
-            "(1280,720), Mapillary fit to (2048,1024), slide 512/341, no flip; rPD reference = "
-            "Cityscapes val at (2048,1024)."
+        Protocol(
+            name="city2bm",
+            description=(
+                "Cityscapes train -> BDD100K val, Mapillary validation (RobustNet mapping); BDD100K at "
+                "(1280,720), Mapillary fit to (2048,1024), slide 512/341, no flip; rPD reference = "
+                "Cityscapes val at (2048,1024)."
+            ),
+            source=SplitSpec("cityscapes", "cityscapes", "train"),
+            targets=(_bdd_val(), _mapillary_val()),
+            reference=_cityscapes_val(),
+            inference=_HARMONISED,
         ),
-        source=SplitSpec("cityscapes", "cityscapes", "train"),
-        targets=(_bdd_val(), _mapillary_val()),
-        reference=_cityscapes_val(),
-        inference=_HARMONISED,
-    ),
-    Protocol(
-        name="syn2cbm",
-        description=(
-            "SYNTHIA-RAND-CITYSCAPES (all 9,400 images) -> Cityscapes val, BDD100K val, Mapillary validation "
-            f"(RobustNet mapping); {_CBM_EVAL}; 19-class mIoU (datasets.md §2: the DGSS codebases' output; "
-            "16/13-class are variants); rPD reference = SYNTHIA val (RobustNet list) at native size."
+        Protocol(
+            name="syn2cbm",
+            description=(
+                "SYNTHIA-RAND-CITYSCAPES (all 9,400 images) -> Cityscapes val, BDD100K val, Mapillary validation "
+                f"(RobustNet mapping); {_CBM_EVAL}; 19-class mIoU (datasets.md §2: the DGSS codebases' output; "
+                "16/13-class are variants); rPD reference = SYNTHIA val (RobustNet list) at native size."
+            ),
+            source=SplitSpec("synthia", "synthia", "all"),
+            targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
+            reference=SplitSpec("synthia", "synthia", "val"),
+            inference=_HARMONISED,
         ),
-        source=SplitSpec("synthia", "synthia", "all"),
-        targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
-        reference=SplitSpec("synthia", "synthia", "val"),
-        inference=_HARMONISED,
-    ),
-    Protocol(
-        name="gtasyn2cbm",
-        description=(
-            "GTA5 (all) + SYNTHIA (all), read as one training set -> Cityscapes val, BDD100K val, Mapillary "
-            f"validation (RobustNet mapping); {_CBM_EVAL}; rPD reference = GTA5 val (the first source's "
-            "validation split) at native size."
+        Protocol(
+            name="gtasyn2cbm",
+            description=(
+                "GTA5 (all) + SYNTHIA (all), read as one training set -> Cityscapes val, BDD100K val, Mapillary "
+                f"validation (RobustNet mapping); {_CBM_EVAL}; rPD reference = GTA5 val (the first source's "
+                "validation split) at native size."
+            ),
+            source=SplitSpec("gta5", "gta5", "all"),
+            extra_sources=(SplitSpec("synthia", "synthia", "all"),),
+            targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
+            reference=SplitSpec("gta5", "gta5", "val"),
+            inference=_HARMONISED,
         ),
-        source=SplitSpec("gta5", "gta5", "all"),
-        extra_sources=(SplitSpec("synthia", "synthia", "all"),),
-        targets=(_cityscapes_val(), _bdd_val(), _mapillary_val()),
-        reference=SplitSpec("gta5", "gta5", "val"),
-        inference=_HARMONISED,
-    ),
-    Protocol(
-        name="city2acdc",
-        description=(
-            "Cityscapes train -> ACDC val per condition (fog, night, rain, snow; the mean over the four is the "
-            "papers' ACDC number), each at (1920,1080), slide 512/341, no flip; ACDC test (all conditions) is "
-            "exported as labelIds PNGs for the official server (benchmarks.export); rPD reference = "
-            "Cityscapes val at (2048,1024)."
+        Protocol(
+            name="city2acdc",
+            description=(
+                "Cityscapes train -> ACDC val per condition (fog, night, rain, snow; the mean over the four is the "
+                "papers' ACDC number), each at (1920,1080), slide 512/341, no flip; ACDC test (all conditions) is "
+                "exported as labelIds PNGs for the official server (benchmarks.export); rPD reference = "
+                "Cityscapes val at (2048,1024)."
+            ),
+            source=SplitSpec("cityscapes", "cityscapes", "train"),
+            targets=_acdc_conditions(),
+            reference=_cityscapes_val(),
+            inference=_HARMONISED,
+            exports=(_ACDC_TEST_EXPORT,),
         ),
-        source=SplitSpec("cityscapes", "cityscapes", "train"),
-        targets=_acdc_conditions(),
-        reference=_cityscapes_val(),
-        inference=_HARMONISED,
-        exports=(_ACDC_TEST_EXPORT,),
-    ),
-    Protocol(
-        name="city2bmacdc",
-        description=(
-            "Cityscapes train -> BDD100K val (1280,720), Mapillary validation fit to (2048,1024) (RobustNet "
-            "mapping), ACDC val (all four conditions as one split) at (1920,1080); slide 512/341, no flip; ACDC "
-            "test exported for the server; rPD reference = Cityscapes val at (2048,1024)."
+        Protocol(
+            name="city2bmacdc",
+            description=(
+                "Cityscapes train -> BDD100K val (1280,720), Mapillary validation fit to (2048,1024) (RobustNet "
+                "mapping), ACDC val (all four conditions as one split) at (1920,1080); slide 512/341, no flip; ACDC "
+                "test exported for the server; rPD reference = Cityscapes val at (2048,1024)."
+            ),
+            source=SplitSpec("cityscapes", "cityscapes", "train"),
+            targets=(_bdd_val(), _mapillary_val(), SplitSpec("acdc", "acdc", "val", (1920, 1080))),
+            reference=_cityscapes_val(),
+            inference=_HARMONISED,
+            exports=(_ACDC_TEST_EXPORT,),
         ),
-        source=SplitSpec("cityscapes", "cityscapes", "train"),
-        targets=(_bdd_val(), _mapillary_val(), SplitSpec("acdc", "acdc", "val", (1920, 1080))),
-        reference=_cityscapes_val(),
-        inference=_HARMONISED,
-        exports=(_ACDC_TEST_EXPORT,),
-    ),
-)
+    )
 
 # ---------------------------------------------------------------------------------------------- variants
 _REIN_MAPILLARY = {"prehalve": True, "test_resize": (1024, 512), "mapillary_mapping": "rein"}
@@ -619,9 +622,9 @@ def apply_changes(protocol: Protocol, changes: Mapping[str, Any]) -> Protocol:
     return protocol
 
 
-def _derive_variants() -> tuple[tuple[Protocol, ...], dict[tuple[str, str], dict[str, Any]]]:
+def _derive_variants(bases: tuple[Protocol, ...]) -> tuple[tuple[Protocol, ...], dict[tuple[str, str], dict[str, Any]]]:
     derived, changes = [], {}
-    for base in _BASE:
+    for base in bases:
         table = _real_variants(base) if base.source.dataset == "cityscapes" else _synthetic_variants(base)
         for variant, (what, settings) in table.items():
             p = apply_changes(base, settings)
@@ -631,15 +634,24 @@ def _derive_variants() -> tuple[tuple[Protocol, ...], dict[tuple[str, str], dict
     return tuple(derived), changes
 
 
-_VARIANTS, _VARIANT_CHANGES = _derive_variants()
-_DEFAULTS: tuple[Protocol, ...] = _BASE + _VARIANTS
-"""Every registered full-scale protocol: the harmonised defaults, then the paper-faithful variants."""
+def build_registry() -> tuple[Mapping[str, Mapping[str, Protocol]], Mapping[tuple[str, str], dict[str, Any]]]:
+    """Every registered full-scale protocol, read-only, as ``name -> variant -> Protocol`` (the harmonised
+    defaults, then the paper-faithful variants), and ``(name, variant) -> settings the variant changes``.
 
-_REGISTRY: Mapping[str, Mapping[str, Protocol]] = MappingProxyType({
-    name: MappingProxyType({p.variant: p for p in _DEFAULTS if p.name == name})
-    for name in dict.fromkeys(p.name for p in _DEFAULTS)
-})
-"""name -> variant -> full-scale Protocol. Read-only; add protocols/variants to ``_BASE`` / the variant tables."""
+    Built once at import for :func:`get_protocol`; tests call it to rebuild the registry from scratch.
+    Add protocols or variants to :func:`_base_protocols` / the variant tables.
+    """
+    bases = _base_protocols()
+    variants, changes = _derive_variants(bases)
+    every = bases + variants
+    registry = MappingProxyType({
+        name: MappingProxyType({p.variant: p for p in every if p.name == name})
+        for name in dict.fromkeys(p.name for p in every)
+    })
+    return registry, MappingProxyType(changes)
+
+
+_REGISTRY, _VARIANT_CHANGES = build_registry()
 
 
 def variant_changes(name: str, variant: str) -> dict[str, Any]:
