@@ -435,11 +435,6 @@ class Rein(ViTMask2Former):
         return {"query_pos": q, "query_content": self.decode_head.querys2feat(q)}
 
     # ---------------------------------------------------------------------------------- checkpoints
-    @classmethod
-    def pretrained_files(cls, config: ReinConfig) -> tuple[str, ...]:
-        file = config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        return (file,) if file else ()
-
     def pretrained_loaders(self) -> dict[str, Any]:
         return {file: self._load_official for file in self.pretrained_files(self.config)}
 

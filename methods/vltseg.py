@@ -456,11 +456,6 @@ class VLTSeg(ViTMask2Former):
         return losses
 
     # ---------------------------------------------------------------------------------- weights
-    @classmethod
-    def pretrained_files(cls, config: VLTSegConfig) -> tuple[str, ...]:
-        file = config.vit.weights_file  # at scale="miniature": the stand-in (methods.miniature_weights)
-        return (file,) if file else ()
-
     def pretrained_loaders(self) -> dict[str, Callable]:
         return {file: self._load_official for file in self.pretrained_files(self.config)}
 
