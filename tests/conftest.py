@@ -16,6 +16,22 @@ torch.set_num_threads(1 if _parallel else max(1, min(2, os.cpu_count() or 1)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
 
+def pytest_collection_modifyitems(config, items):
+    """``DGSS_MUTATION_TESTS="tests/runners/test_sweep.py tests/runners/test_sweep_resubmit.py"`` keeps only
+    those test files (or folders): the per-module selection of a mutation run (README, "Contributing"), so that
+    mutmut's stats map each mutant to the module's own tests, not to every end-to-end test that reaches it."""
+    wanted = os.environ.get("DGSS_MUTATION_TESTS", "").split()
+    if not wanted:
+        return
+    prefixes = tuple(w.rstrip("/") for w in wanted)
+    keep, dropped = [], []
+    for item in items:
+        (keep if item.nodeid.split("::")[0].startswith(prefixes) else dropped).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = keep
+
+
 @pytest.fixture(scope="module")
 def one_thread():
     """One intra-op thread for a module (``pytestmark = pytest.mark.usefixtures("one_thread")``): with tiny
