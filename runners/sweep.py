@@ -154,8 +154,8 @@ def plan_cells(grid: Grid, *, log: Callable[[str], None] = print) -> list[Cell]:
                     *(["--seed", str(seed)] if seed is not None else []), *grid.run_args]
             try:
                 cell = cell_from_argv(argv, parser, log=once)
-            except UsageError as exc:
-                raise SystemExit(f"error: {exc}") from None
+            except UsageError as exc:  # its text is already "error: ..."
+                raise SystemExit(str(exc)) from None
             cells.setdefault(cell.key, cell)
     return list(cells.values())
 
