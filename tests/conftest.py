@@ -16,6 +16,26 @@ torch.set_num_threads(1 if _parallel else max(1, min(2, os.cpu_count() or 1)))
 FIXTURES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "fixtures")
 
 
+def _brief_failures_of_mutants() -> None:
+    """A failing test under a mutant (``MUTANT_UNDER_TEST``, set by mutmut or by hand) is reported as its
+    exception's one line. pytest's full report parses the failing frame's source file with ``ast``, and
+    mutmut's copy of a module holds every mutant (``mutants/runners/sweep.py``: 4.7 MB, ~10 s a parse on the
+    shared machine): that parse, not the tests, was most of a killed mutant's time."""
+    from _pytest.nodes import Node
+
+    full = Node._repr_failure_py
+
+    def repr_failure(self, excinfo, style=None):
+        if os.environ.get("MUTANT_UNDER_TEST", "") in ("", "stats", "fail"):  # clean run, stats: the full report
+            return full(self, excinfo, style)
+        return f"{excinfo.typename}: {excinfo.value} (under mutant {os.environ['MUTANT_UNDER_TEST']})"
+
+    Node._repr_failure_py = repr_failure
+
+
+_brief_failures_of_mutants()
+
+
 def pytest_collection_modifyitems(config, items):
     """``DGSS_MUTATION_TESTS="tests/runners/test_sweep.py tests/runners/test_sweep_resubmit.py"`` keeps only
     those test files (or folders): the per-module selection of a mutation run (README, "Contributing"), so that

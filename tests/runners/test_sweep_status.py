@@ -74,8 +74,10 @@ def test_unsubmitted_and_done_cells(world):
     _cell(world, "k3", record={"results": {}})  # a record without a score
     _cell(world, "k4", record={"results": {"mean_miou": 40}})
     _cell(world, "k5", record={"spec_hash": "another key", "results": {"mean_miou": 1.0}})  # another run's record
+    _cell(world, "k6", record={})  # a record without results
+    del _cell(world, "k7")["submissions"]  # an entry as Cell.to_dict writes it
     states = _states(world)
-    assert [st.key for st in states.values()] == ["k1", "k2", "k3", "k4", "k5"]  # the manifest's order
+    assert [st.key for st in states.values()] == ["k1", "k2", "k3", "k4", "k5", "k6", "k7"]  # the manifest's order
     assert states["k1"].to_dict() == {
         "key": "k1", "name": "run-k1", "labels": {"k": "k1"}, "state": "unsubmitted", "executor": None,
         "job_id": None, "attempts": 0, "detail": "", "error": [], "run_dir": str(world.dir / "runs" / "run-k1"),
@@ -88,6 +90,8 @@ def test_unsubmitted_and_done_cells(world):
     assert (states["k3"].state, states["k3"].detail, states["k3"].mean_miou) == ("done", "", None)
     assert (states["k4"].state, states["k4"].detail) == ("done", "mean mIoU 40.00")
     assert states["k5"].state == "unsubmitted"
+    assert (states["k6"].state, states["k6"].detail, states["k6"].mean_miou) == ("done", "", None)
+    assert (states["k7"].state, states["k7"].attempts) == ("unsubmitted", 0)
     assert world.slurm_calls == [] and world.checked_jobs == []  # no scheduler asked about finished cells
 
 

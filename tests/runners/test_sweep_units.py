@@ -166,6 +166,8 @@ def test_plan_errors_in_full(planned):
         "error: protocol p2 has no evaluation variant 'v2'; variants: default"
     assert error(methods=["beta"], backbones=["vit_l", "vit_b"]) == \
         "error: beta supports backbones r50; none of vit_l, vit_b"
+    assert error(backbones=["r50"]) == "error: alpha supports backbones vit_l, vit_b; none of r50"
+    assert error(variants=["v9"]) == "error: protocol p1 has no evaluation variant 'v9'; variants: default, v2"
     assert planned.argvs == []  # every check before the first cell is resolved
     planned.error = "--iters must be positive (got 0)"
     assert error() == "error: --iters must be positive (got 0)"  # once, not "error: error: ..."
@@ -530,6 +532,13 @@ def test_pid_alive(tmp_path):
         assert not sweep._pid_alive(zombie.pid)
     finally:
         zombie.wait()
+
+
+def test_pid_alive_sends_signal_0(monkeypatch):
+    sent = []
+    monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    sweep._pid_alive("123")
+    assert sent == [(123, 0)]  # signal 0 only asks whether the process exists
 
 
 def test_pid_alive_without_proc(monkeypatch):
