@@ -167,6 +167,9 @@ def test_local_scheduler_runs_at_most_max_parallel_cells(world):
     assert world.events == [("submit", "k1"), ("submit", "k2"), ("sleep", 0.25), ("done", "k1"), ("submit", "k3"),
                             ("sleep", 0.25), ("done", "k3"), ("sleep", 0.25), ("done", "k2")]
     assert type(world.submitted[0]["job"]) is sweep.SelfTestJob and world.submitted[0]["job"].threads == 2
+    assert [s["argv"] for s in world.submitted] == [
+        ["--method", "m", "--seed", str(i), "--out", str(world.dir / "runs" / f"run-k{i + 1}"), "--no-progress"]
+        for i in range(3)]
     assert world.log == ["started cell k1 (run-k1) as local job 101", "started cell k2 (run-k2) as local job 102",
                          "cell k1 (run-k1): done mean mIoU 41.00", "started cell k3 (run-k3) as local job 103",
                          "cell k3 (run-k3): done mean mIoU 5.00",
@@ -206,6 +209,12 @@ def test_local_scheduler_cancels_its_running_jobs_on_ctrl_c(world, monkeypatch):
         sweep.submit_cells(world.dir, _cells("k1", "k2", "k3"), ExecutorSettings(max_parallel=2), resume=False,
                            log=world.log.append)
     assert [(j.job_id, j.cancelled) for j in world.jobs] == [("1", True), ("2", True)]
+
+
+def test_paths_in_the_manifest_are_relative_to_the_sweep_folder(tmp_path):
+    assert sweep._rel(tmp_path, tmp_path / "submitit" / "x.out") == "submitit/x.out"
+    assert sweep._rel(str(tmp_path / "a" / ".."), tmp_path / "b") == "b"  # both resolved
+    assert sweep._rel(tmp_path / "sw", tmp_path / "elsewhere" / "x.out") == str(tmp_path / "elsewhere" / "x.out")
 
 
 # ============================================================================================== waiting
@@ -270,9 +279,9 @@ def test_resubmit_failed_submits_failed_and_unsubmitted_cells_with_resume(world,
     assert world.log == ["resubmitting 3 failed cell(s) with slurm: they resume from their last checkpoint"]
 
     seen = []
-    monkeypatch.setattr(sweep, "cell_statuses", lambda d, m: seen.append(sorted(m["cells"])) or [_st("k2", "done")])
+    monkeypatch.setattr(sweep, "cell_statuses", lambda d, m: seen.append((d, sorted(m["cells"]))) or [_st("k2", "done")])
     assert sweep.resubmit_failed(world.dir, settings) is None  # statuses read from the folder's manifest
-    assert seen == [sorted(states)] and len(calls) == 1
+    assert seen == [(world.dir, sorted(states))] and len(calls) == 1
     assert capsys.readouterr().out == "no failed cells to resubmit\n"
 
 
@@ -293,6 +302,7 @@ def planned(world, monkeypatch, capsys):
         m["cells"]["other"] = {**_cells("other")[0].to_dict(), "submissions": []}
 
     def cell_statuses(sweep_dir, manifest=None):
+        assert sweep_dir == world.dir
         if manifest is not None:
             p.previews.append(manifest)
             return [sweep.CellStatus(k, e["name"], e["labels"], p.states[k], job_id=f"7_{k}")
@@ -373,6 +383,7 @@ def test_exit_codes_after_waiting_or_a_local_run(world, planned, capsys):
     assert capsys.readouterr().out.endswith(sweep.format_status(planned.final) + "\n")
     planned.final = [_st("k1", "done"), _st("k3", "unsubmitted")]
     assert sweep.run_cells(world.dir, planned.cells, slurm, [], wait=True) == 0
+    assert planned.waits[1] == (world.dir, 5.0)  # polls every 5 s by default
 
     local = ExecutorSettings()
     planned.final = [_st("k1", "done"), _st("k3", "failed")]
