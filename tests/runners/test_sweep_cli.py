@@ -130,12 +130,12 @@ def test_settings_from_every_option():
                         "--procs-per-task", "2", "--cpus-per-task", "8", "--mem-gb", "64", "--max-parallel", "3",
                         "--account", "acc", "--qos", "high", "--constraint", "a100", "--exclude", "n[1-2]",
                         "--signal-delay-s", "120", "--max-timeouts", "5", "--setup", "module load cuda",
-                        "--sbatch", " --reservation =r=1", "--sbatch", "exclusive=")
+                        "--sbatch", " --reservation =r=1", "--sbatch", "exclusive=", "--sbatch", "Xkey=x")
     assert sweep._settings_from(args) == ExecutorSettings(
         executor="slurm", partition="gpu", time="2:00:00", gpus_per_task=4, procs_per_task=2, cpus_per_task=8,
         mem_gb=64.0, max_parallel=3, account="acc", qos="high", constraint="a100", exclude="n[1-2]",
         signal_delay_s=120, max_timeouts=5, setup=["module load cuda"],
-        additional={"reservation": "r=1", "exclusive": ""})
+        additional={"reservation": "r=1", "exclusive": "", "Xkey": "x"})
     assert sweep._settings_from(_status_args()) == ExecutorSettings()
 
 

@@ -254,12 +254,15 @@ def test_set_threads(monkeypatch):
     assert calls == [3]
 
 
-def test_cell_job_checkpoint_requeues_the_same_cell_with_resume():
+def test_cell_job_checkpoint_requeues_the_same_cell_with_resume(monkeypatch, capsys):
+    monkeypatch.setattr(sweep, "now_iso", lambda: "T9")
     job = sweep.CellJob("k1", threads=4)
     assert (job.key, job.threads) == ("k1", 4) and sweep.CellJob("k2").threads is None
     argv = ("--method", "rein")
     delayed = job.checkpoint(argv)
     assert delayed.function is job and delayed.args == (["--method", "rein"],) and delayed.kwargs == {"resume": True}
+    assert capsys.readouterr().out == ("[sweep] cell k1: preempted or timed out at T9; requeued, it will resume from "
+                                       "its last checkpoint\n")
     assert sweep.JOB_KINDS == {"run": sweep.CellJob, "selftest": sweep.SelfTestJob}
 
 
@@ -289,6 +292,7 @@ def fake_run(monkeypatch, tmp_path):
         return SimpleNamespace(spec_hash=calls.spec_hash, out=calls.out)
 
     def guarded_execute(run, args):
+        assert run.spec_hash == calls.spec_hash and run.out == calls.out  # the resolved run
         calls.events.append(("execute", args.resume))
         return calls.record
 
@@ -340,6 +344,21 @@ def test_cell_job_sets_its_threads_first(fake_run, monkeypatch):
     monkeypatch.setattr(torch, "set_num_threads", lambda n: fake_run.events.append(("threads", n)))
     sweep.CellJob("k1", threads=3)(["--method", "rein"])
     assert fake_run.events[:2] == [("threads", 3), "init"]
+
+
+def test_every_line_a_job_prints_is_flushed(fake_run, tmp_path, monkeypatch):
+    """A job's stdout is a file (submitit's log): each line must reach it before the job is killed or requeued."""
+    printed = []
+    monkeypatch.setattr(sweep, "print", lambda *a, **kw: printed.append(kw), raising=False)
+    monkeypatch.setattr(sweep.time, "sleep", lambda s: None)
+    job = sweep.CellJob("k1")
+    job(["--method", "rein"])
+    job.checkpoint(["--method", "rein"])
+    ckpt = tmp_path / "st" / "checkpoints" / "last.pt"
+    ckpt.parent.mkdir(parents=True)
+    ckpt.write_text(json.dumps({"iteration": 1}))
+    sweep.SelfTestJob("k2")(["--method", "m", "--out", str(tmp_path / "st"), "--iters", "2"], resume=True)
+    assert printed == [{"flush": True}] * 5  # start, requeue; selftest: start, resuming, iteration 2/2
 
 
 def _selftest(tmp_path, *extra, key="k1", resume=False):
