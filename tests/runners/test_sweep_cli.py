@@ -86,16 +86,16 @@ def test_passthrough_args_in_table_order_with_absolute_folders(tmp_path, monkeyp
     monkeypatch.chdir(tmp_path)
     args = sweep.build_parser().parse_args([
         "--methods", "m", "--precision", "bf16", "--no-reference", "--iters", "4", "--batch-size", "2", "--lr", "0.1",
-        "--checkpoint-interval", "5", "--log-interval", "7", "--data-root", "rel/data", "--weights-dir", "/abs/w",
+        "--checkpoint-interval", "5", "--log-interval", "7", "--data-root", "rel/data", "--weights-dir", "w",
         "--device", "cpu", "--workers", "3", "--allow-random-init", "--profile", "released",
         "--cfg-options", "a=1", "b=2"])
     assert sweep.passthrough_args(args) == [
         "--iters", "4", "--batch-size", "2", "--lr", "0.1", "--checkpoint-interval", "5", "--log-interval", "7",
-        "--data-root", str(tmp_path / "rel" / "data"), "--weights-dir", "/abs/w", "--device", "cpu", "--workers", "3",
+        "--data-root", str(tmp_path / "rel" / "data"), "--weights-dir", str(tmp_path / "w"), "--device", "cpu", "--workers", "3",
         "--allow-random-init", "--no-reference", "--profile", "released", "--precision", "bf16",
         "--cfg-options", "a=1", "b=2"]
     assert sweep.passthrough_args(args, ["--weights-dir", "--no-reference", "--iters"]) == [
-        "--iters", "4", "--weights-dir", "/abs/w", "--no-reference", "--cfg-options", "a=1", "b=2"]
+        "--iters", "4", "--weights-dir", str(tmp_path / "w"), "--no-reference", "--cfg-options", "a=1", "b=2"]
     assert sweep.passthrough_args(sweep.build_parser().parse_args(["--methods", "m"])) == []
     assert sweep.passthrough_args(sweep.build_parser().parse_args(["--methods", "m", "--device", "rel"])) == [
         "--device", "rel"]  # only folders are made absolute
