@@ -55,6 +55,9 @@ def test_sweep_parser_spellings_and_types():
         "precision": "tf32", "allow_random_init": True, "no_reference": True}
     assert vars(sweep.build_parser().parse_args(["--methods", "a", "--slurm-config", "x.json", "--eval-variants",
                                                  "v,w", "--backbones", "all"]))["config_file"] == "x.json"
+    chosen = sweep.build_parser().parse_args(["--methods", "a", "--executor", "local", "--precision", "fp32",
+                                              "--profile", "harmonised"])
+    assert (chosen.executor, chosen.precision, chosen.profile) == ("local", "fp32", "harmonised")
     for bad in (["--executor", "cloud"], ["--profile", "paper"], ["--precision", "fp16"], ["--gpus-per-task", "1.5"]):
         with pytest.raises(SystemExit):
             sweep.build_parser().parse_args(["--methods", "a", *bad])

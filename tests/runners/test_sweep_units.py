@@ -539,6 +539,13 @@ def test_abs():
     assert sweep._abs("/s", "a/b.out") == "/s/a/b.out"
 
 
+def test_pid_alive_sends_signal_0(monkeypatch):
+    sent = []
+    monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
+    sweep._pid_alive("123")
+    assert sent == [(123, 0)]  # signal 0 only asks whether the process exists
+
+
 def test_pid_alive(tmp_path):
     assert sweep._pid_alive(os.getpid()) and sweep._pid_alive(str(os.getpid()))
     assert not sweep._pid_alive("not a pid")
@@ -551,13 +558,6 @@ def test_pid_alive(tmp_path):
         assert not sweep._pid_alive(zombie.pid)
     finally:
         zombie.wait()
-
-
-def test_pid_alive_sends_signal_0(monkeypatch):
-    sent = []
-    monkeypatch.setattr(sweep.os, "kill", lambda pid, sig: sent.append((pid, sig)))
-    sweep._pid_alive("123")
-    assert sent == [(123, 0)]  # signal 0 only asks whether the process exists
 
 
 def test_pid_alive_without_proc(monkeypatch):
