@@ -310,3 +310,44 @@ def test_merge_keeps_the_previous_interval_of_the_same_runs(tmp_path):
     again = {r["target"]: r for r in merge_into_csv(csv_path, [newer], AggregateOptions(resamples=0))
              if r["kind"] != "reported"}
     assert again["Cityscapes"]["run_ids"] == "r1;r2" and again["Cityscapes"]["miou_ci_low"] == ""
+
+
+def _seed_record(tmp_path, run_id, seed, city, mapi, mean, rpd, mean_rpd, ref, per_class, **over):
+    targets = {"cityscapes": {"miou": city, "per_class_iou": per_class}, "mapillary": {"miou": mapi}}
+    results = {"targets": targets, "mean_miou": mean, "mean_rpd": mean_rpd, "reference": {"miou": ref},
+               "rpd": {"cityscapes": rpd[0], "mapillary": rpd[1]}}
+    return make_record(tmp_path, run_id=run_id, seed=seed, results=results, **over)
+
+
+def test_reproduced_rows_in_full(tmp_path):
+    a = _seed_record(tmp_path, "ra", 3, 50.0, 40.0, 45.0, (62.5, 50.0), 56.25, 80.0,
+                     {"zzz": 1.0, "sky": 80.0, "road": 90.0, "aaa": 2.0})
+    b = _seed_record(tmp_path, "rb", 4, 53.0, 44.0, 48.5, (66.5, 55.0), 60.75, 82.0, {"road": 91.0, "sky": 81.0},
+                     params={"trainable": 9, "total": 20},
+                     environment={"device": "cuda", "gpu_count": 1, "git": {"commit": "abc"}})
+    rows = [r for r in merge_into_csv(tmp_path / "lb.csv", [b, a], AggregateOptions(resamples=0))
+            if r["kind"] == "reproduced"]
+    assert [r["target"] for r in rows] == ["Cityscapes", "Mapillary", "Avg(C/M)"]
+    city, mapi, avg = rows
+    same = {**{c: "" for c in COLUMNS}, **{k: v for k, v in BASE_IDENTITY.items() if k in COLUMNS},
+            "n_seeds": "2", "seeds": "3;4", "source_miou": "81.00", "gpu_hours": "0.7500",  # (1 h + 0.5 h) / 2
+            "run_ids": "ra;rb", "code_commits": "abc;c0ffee", "trainable_params": "9", "total_params": "21",
+            "rank": "1"}
+    seed_values = city["seed_values"]
+    assert [(e["run_id"], e["miou"]) for e in json.loads(seed_values)] == [("ra", 50.0), ("rb", 53.0)]
+    provenance = city["reported_source"]
+    assert provenance.startswith("tqdmT1 (") and provenance.endswith("; reported.csv line 13; avg=64.30")
+    assert city == {**same, "target": "Cityscapes", "seed_values": seed_values, "reported_source": provenance,
+                    "miou_mean": "51.50", "miou_std": "2.12",  # sqrt(4.5)
+                    "rpd_mean": "64.50", "rpd_std": "2.83", "rank_group": "real|gta2cbm|default|abcd|Cityscapes",
+                    "per_class_iou": '{"road":90.5,"sky":80.5,"aaa":2.0,"zzz":1.0}',  # Cityscapes order, then names
+                    "reported_miou": "66.40", "reported_ref": "tqdmT1",
+                    "reported_alternatives": "ReinRD 66.7 (line 23)",
+                    "delta_vs_reported": "-14.90"}
+    assert {k: mapi[k] for k in ("miou_mean", "miou_std", "rpd_mean", "rpd_std", "per_class_iou", "reported_miou",
+                                 "reported_alternatives", "delta_vs_reported")} == {
+        "miou_mean": "42.00", "miou_std": "2.83", "rpd_mean": "52.50", "rpd_std": "3.54", "per_class_iou": "",
+        "reported_miou": "66.10", "reported_alternatives": "", "delta_vs_reported": "-24.10"}
+    assert [e["run_id"] for e in json.loads(avg["seed_values"])] == ["ra", "rb"]
+    assert avg == {**same, "target": "Avg(C/M)", "seed_values": avg["seed_values"], "miou_mean": "46.75",
+                   "miou_std": "2.47", "rpd_mean": "58.50", "rpd_std": "3.18", "rank_group": "real|gta2cbm|default|abcd|Avg(C/M)"}  # no published Avg(C/M)
