@@ -161,6 +161,10 @@ def test_comparability_groups_by_hand():
     # benchmarks other than "real" and "miniature" sort by name after real data
     names = [g.benchmark for g in comparability_groups([row(benchmark="z"), row(benchmark="b"), row()])]
     assert names == ["real", "b", "z"]
+    # the default variant first, then the variants by name (not by hash)
+    variants = comparability_groups([row(variant="flip", protocol_hash="h0"), row(variant="a", protocol_hash="h9"),
+                                     row(protocol_hash="h5")])
+    assert [(g.variant, g.protocol_hash) for g in variants] == [("default", "h5"), ("a", "h9"), ("flip", "h0")]
 
 
 def test_settings_diff_and_its_description():
@@ -297,3 +301,25 @@ def test_command_line_refuses_a_missing_folder(tmp_path, capsys):
     assert capsys.readouterr().err == (f"error: {tmp_path / 'nowhere'} is not a folder of runs (pass the --out "
                                        "folder(s) of runners.run)\n")
     assert not csv_path.exists()
+
+
+def test_command_line_help_in_full(monkeypatch, capsys):
+    monkeypatch.setenv("COLUMNS", "100")
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert text.startswith("usage: python -m reports.aggregate [-h] [--csv CSV] [--miniature-csv MINIATURE_CSV] "
+                           "[--resamples RESAMPLES] [--level LEVEL] [--check] [runs ...] "
+                           "Merge result records (result.json) into leaderboard.csv. ")
+    for line in (
+        "runs folders searched recursively for result.json (none: only refresh the published rows and recompute "
+        "the existing rows from their ledgers)",
+        "--csv CSV leaderboard CSV to merge into (default: leaderboard.csv)",
+        "--miniature-csv MINIATURE_CSV where records of the built-in miniature benchmark go (default: "
+        "leaderboard_miniature.csv next to --csv, git-ignored); they never enter --csv",
+        "--resamples RESAMPLES bootstrap resamples for the CIs (0 = no CI; default 1000)",
+        "--level LEVEL CI level (default 0.95)",
+        "--check write nothing; exit 1 if the CSV would change",
+    ):
+        assert line in text, line
