@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import locale
 import os
 from pathlib import Path
 
@@ -234,6 +235,28 @@ def test_write_leaderboard_is_atomic_and_reports_changes(tmp_path, monkeypatch):
     assert write_leaderboard(path, rows) is False and len(replaced) == 1  # same text: not rewritten
     assert write_leaderboard(path, [row(miou_mean="2.00")]) is True and len(replaced) == 2
     assert os.listdir(path.parent) == ["lb.csv"] and "2.00" in path.read_text()
+
+
+@pytest.fixture
+def ascii_locale():
+    """An ASCII locale (as on a bare server or a Windows code page): files must not depend on it."""
+    before = locale.setlocale(locale.LC_CTYPE)
+    locale.setlocale(locale.LC_CTYPE, "C")
+    yield
+    locale.setlocale(locale.LC_CTYPE, before)
+
+
+def test_csv_files_are_utf8_under_any_locale(tmp_path, ascii_locale, capsys):
+    path = tmp_path / "lb.csv"
+    rows = [row(method="Réin Δ")]
+    assert write_leaderboard(path, rows) is True
+    assert path.read_bytes() == render_csv(rows).encode("utf-8")
+    assert write_leaderboard(path, rows) is False
+    assert read_leaderboard(path)[0]["method"] == "Réin Δ"
+    published = tmp_path / "published.csv"  # the published rows' notes hold "C→S"
+    assert main(["--csv", str(published), "--resamples", "0"]) == 0
+    assert "→" in published.read_text(encoding="utf-8")
+    assert main(["--csv", str(published), "--resamples", "0", "--check"]) == 0
 
 
 # ---------------------------------------------------------------------------------------------- command line
