@@ -109,6 +109,10 @@ def test_record_entries_of_a_released_checkpoint(tmp_path):
     assert ident["reported_lines"] == "" and entry["reported_lines"] == []
     no_id = {**record, "released": {"reported_lines": [23]}}
     assert record_entries(no_id, tmp_path)[0][0]["checkpoint"] == ""
+    # the backbone as the method's own published rows write it (Rein: "EVA02-L"; tqdm: "EVA02-CLIP-L/14")
+    eva = {**record, "backbone": "eva02_clip_vitl14"}
+    assert record_entries(eva, tmp_path)[0][0]["backbone"] == "EVA02-L"
+    assert record_entries({**eva, "method": "tqdm"}, tmp_path)[0][0]["backbone"] == "EVA02-CLIP-L/14"
 
 
 def test_record_entries_fallbacks(tmp_path):
@@ -253,17 +257,20 @@ def test_merge_skips_bad_records_and_keeps_the_newest_identity(tmp_path, capsys)
                                                     "protocol": {**SETTINGS, "description": "new"}})
     old["_path"], new["_path"] = str(tmp_path / "z" / "result.json"), str(tmp_path / "a" / "result.json")
     broken = make_record(tmp_path, run_id="r-c", results={})  # KeyError("targets")
-    no_spec = {"run_id": "r-d"}
+    no_spec = {"run_id": "A-d"}
+    no_id = make_record(tmp_path, run_id="x")
+    del no_id["run_id"]
     csv_path = tmp_path / "lb.csv"
-    for records in ([old, new, broken, no_spec], [no_spec, broken, new, old]):
+    for records in ([old, new, broken, no_spec, no_id], [no_id, no_spec, broken, new, old]):
         # the records are real-benchmark ones: none is read for the miniature file
         assert merge_into_csv(csv_path, records, AggregateOptions(resamples=0), benchmark="miniature") == []
         assert capsys.readouterr().err == ""
         rows = merge_into_csv(csv_path, records, AggregateOptions(resamples=0))
-        assert capsys.readouterr().err == (
-            f"warning: skipping record {tmp_path}/runs/r-c/result.json: KeyError('targets')\n"
-            "warning: skipping record r-d: ValueError('None: record has no spec.protocol (written by an older "
-            "runner?)')\n")
+        assert capsys.readouterr().err == (  # in run id order, a missing run id first
+            f"warning: skipping record {tmp_path}/runs/x/result.json: KeyError('run_id')\n"
+            "warning: skipping record A-d: ValueError('None: record has no spec.protocol (written by an older "
+            "runner?)')\n"
+            f"warning: skipping record {tmp_path}/runs/r-c/result.json: KeyError('targets')\n")
         reproduced = [r for r in rows if r["kind"] == "reproduced"]
         assert [r["kind"] for r in rows] == ["reported"] * len(load_reported()) + ["reproduced"] * 3
         assert [r["target"] for r in reproduced] == ["Cityscapes", "Mapillary", "Avg(C/M)"]
@@ -352,3 +359,15 @@ def test_reproduced_rows_in_full(tmp_path):
     assert avg == {**same, "target": "Avg(C/M)", "seed_values": avg["seed_values"], "miou_mean": "46.75",
                    "miou_std": "2.47", "rpd_mean": "58.50", "rpd_std": "3.18",
                    "rank_group": "real|gta2cbm|default|abcd|Avg(C/M)"}  # nothing published for Avg(C/M)
+
+
+def test_ledger_paths_are_relative_to_the_csv_folder_not_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    rows = merge_into_csv(tmp_path / "board" / "lb.csv", [make_record(tmp_path)], AggregateOptions(resamples=0))
+    entries = json.loads([r for r in rows if r["kind"] == "reproduced"][1]["seed_values"])  # Mapillary
+    assert (entries[0]["path"], entries[0]["confusion"]) == ("../runs/r1/result.json",
+                                                             "../runs/r1/eval/confusion_mapillary.npz")
+    rows = merge_into_csv(Path("lb.csv"), [make_record(tmp_path)], AggregateOptions(resamples=0))  # a bare name
+    entries = json.loads(next(r["seed_values"] for r in rows if r["kind"] == "reproduced"))
+    assert entries[0]["path"] == "../runs/r1/result.json"
