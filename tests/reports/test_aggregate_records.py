@@ -371,3 +371,22 @@ def test_ledger_paths_are_relative_to_the_csv_folder_not_the_working_directory(t
     rows = merge_into_csv(Path("lb.csv"), [make_record(tmp_path)], AggregateOptions(resamples=0))  # a bare name
     entries = json.loads(next(r["seed_values"] for r in rows if r["kind"] == "reproduced"))
     assert entries[0]["path"] == "../runs/r1/result.json"
+
+
+def test_the_same_run_in_two_folders_counts_once_whatever_the_order(tmp_path):
+    """Records with one run id (a run copied elsewhere, a record without its path): the larger path is merged
+    last and wins, in any input order."""
+    def with_city(record, miou):
+        record["results"] = {**record["results"], "targets": {"cityscapes": {"miou": miou}}}
+        return record
+
+    runs = with_city(make_record(tmp_path), 50.0)
+    copy = with_city(make_record(tmp_path), 55.0)
+    copy["_path"] = str(tmp_path / "copy" / "r1" / "result.json")
+    no_path = with_city(make_record(None), 60.0)
+    for records in ([runs, copy, no_path], [no_path, copy, runs], [copy, runs, no_path]):
+        rows = merge_into_csv(tmp_path / "lb.csv", records, AggregateOptions(resamples=0))
+        assert all(isinstance(v, str) for r in rows for v in r.values())  # published rows too: text, never None
+        city = next(r for r in rows if r["kind"] == "reproduced" and r["target"] == "Cityscapes")
+        assert (city["miou_mean"], city["n_seeds"]) == ("50.00", "1")
+        assert [e["path"] for e in json.loads(city["seed_values"])] == ["runs/r1/result.json"]
