@@ -89,11 +89,11 @@ def test_rank_groups():
 
 
 def test_competition_ranks_by_hand():
-    values = ["50", "60.5", "60.5", "", "0.5", "0", "-1"]
+    values = ["50", "60.5", "60.5", "", "0.5", "0", "-1", ""]
     rows = [row(miou_mean=v, rpd_mean=str(10 - i)) for i, v in enumerate(values)]
     assert [(k, r["miou_mean"]) for k, r in rank_rows(rows)] == [
-        (3, "50"), (1, "60.5"), (1, "60.5"), (None, ""), (4, "0.5"), (5, "0"), (6, "-1")]
-    assert [k for k, _ in rank_rows(rows, "rpd_mean")] == [1, 2, 3, 4, 5, 6, 7]
+        (3, "50"), (1, "60.5"), (1, "60.5"), (None, ""), (4, "0.5"), (5, "0"), (6, "-1"), (None, "")]
+    assert [k for k, _ in rank_rows(rows, "rpd_mean")] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert [k for k, _ in rank_rows([row(miou_mean="0"), row(miou_mean="0")])] == [1, 1]
     assert rank_rows([]) == []
     released = [row(kind="released", miou_mean="1"), row(miou_mean="2")]
