@@ -328,7 +328,7 @@ def _seed_record(tmp_path, run_id, seed, city, mapi, mean, rpd, mean_rpd, ref, p
 
 def test_reproduced_rows_in_full(tmp_path):
     a = _seed_record(tmp_path, "ra", 3, 50.0, 40.0, 45.0, (62.5, 50.0), 56.25, 80.0,
-                     {"zzz": 1.0, "sky": 80.0, "road": 90.0, "aaa": 2.0})
+                     {"zébra": 1.0, "sky": 80.0, "road": 90.0, "aaa": 2.0})
     b = _seed_record(tmp_path, "rb", 4, 53.0, 44.0, 48.5, (66.5, 55.0), 60.75, 82.0, {"road": 91.0, "sky": 81.0},
                      params={"trainable": 9, "total": 20},
                      environment={"device": "cuda", "gpu_count": 1, "git": {"commit": "abc"}})
@@ -347,7 +347,7 @@ def test_reproduced_rows_in_full(tmp_path):
     assert city == {**same, "target": "Cityscapes", "seed_values": seed_values, "reported_source": provenance,
                     "miou_mean": "51.50", "miou_std": "2.12",  # sqrt(4.5)
                     "rpd_mean": "64.50", "rpd_std": "2.83", "rank_group": "real|gta2cbm|default|abcd|Cityscapes",
-                    "per_class_iou": '{"road":90.5,"sky":80.5,"aaa":2.0,"zzz":1.0}',  # Cityscapes order, then names
+                    "per_class_iou": '{"road":90.5,"sky":80.5,"aaa":2.0,"zébra":1.0}',  # Cityscapes order, then names
                     "reported_miou": "66.40", "reported_ref": "tqdmT1",
                     "reported_alternatives": "ReinRD 66.7 (line 23)",
                     "delta_vs_reported": "-14.90"}
@@ -356,6 +356,9 @@ def test_reproduced_rows_in_full(tmp_path):
         "miou_mean": "42.00", "miou_std": "2.83", "rpd_mean": "52.50", "rpd_std": "3.54", "per_class_iou": "",
         "reported_miou": "66.10", "reported_alternatives": "", "delta_vs_reported": "-24.10"}
     assert [e["run_id"] for e in json.loads(avg["seed_values"])] == ["ra", "rb"]
+    # runs without parameter counts: empty cells
+    rows = merge_into_csv(tmp_path / "lb.csv", [{**a, "params": None}], AggregateOptions(resamples=0))
+    assert {(r["trainable_params"], r["total_params"]) for r in rows if r["kind"] == "reproduced"} == {("", "")}
     assert avg == {**same, "target": "Avg(C/M)", "seed_values": avg["seed_values"], "miou_mean": "46.75",
                    "miou_std": "2.47", "rpd_mean": "58.50", "rpd_std": "3.18",
                    "rank_group": "real|gta2cbm|default|abcd|Avg(C/M)"}  # nothing published for Avg(C/M)
