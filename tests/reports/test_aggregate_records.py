@@ -393,3 +393,18 @@ def test_the_same_run_in_two_folders_counts_once_whatever_the_order(tmp_path):
         city = next(r for r in rows if r["kind"] == "reproduced" and r["target"] == "Cityscapes")
         assert (city["miou_mean"], city["n_seeds"]) == ("50.00", "1")
         assert [e["path"] for e in json.loads(city["seed_values"])] == ["runs/r1/result.json"]
+
+
+def test_published_alternatives_come_from_the_table_loaded_once(tmp_path, monkeypatch):
+    import reports.aggregate as agg
+
+    def cell(text, line, origin="row", ref="tqdmT1"):
+        return ReportedCell("Rein", "DINOv2-L", "GTA5", "Cityscapes", text, ref, "", line, origin)
+
+    cells = [cell("61.0", 41, "note"), cell("60.0", 40), cell("66.40", 13), cell("1.0", 9, ref="ReinRD")]
+    monkeypatch.setattr(agg, "load_reported", lambda: cells)
+    rows = merge_into_csv(tmp_path / "lb.csv", [make_record(tmp_path)], AggregateOptions(resamples=0))
+    assert [r["reported_miou"] for r in rows if r["kind"] == "reported"] == ["61.0", "60.0", "66.40", "1.0"]
+    city = next(r for r in rows if r["kind"] == "reproduced" and r["target"] == "Cityscapes")
+    assert (city["reported_miou"], city["reported_ref"], city["delta_vs_reported"]) == ("66.40", "tqdmT1", "-16.40")
+    assert city["reported_alternatives"] == "tqdmT1 60.0 (line 40); tqdmT1 61.0 (line 41); ReinRD 1.0 (line 9)"
