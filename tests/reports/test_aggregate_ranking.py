@@ -261,9 +261,10 @@ def test_csv_files_are_utf8_under_any_locale(tmp_path, ascii_locale, capsys):
 # ---------------------------------------------------------------------------------------------- command line
 @pytest.fixture
 def runs(tmp_path, write_run):
-    """One real and one miniature record."""
-    write_run(tmp_path / "runs", "rein", "dinov2_vitl14", n_images=2)
-    write_run(tmp_path / "runs", "rein", "dinov2_vitl14", benchmark="miniature", device="cpu", n_images=2)
+    """Two real records (seeds 0 and 1) and one miniature record."""
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / "real", "rein", "dinov2_vitl14", seed=seed, n_images=2)
+    write_run(tmp_path / "runs" / "mini", "rein", "dinov2_vitl14", benchmark="miniature", device="cpu", n_images=2)
     return tmp_path / "runs"
 
 
@@ -283,8 +284,11 @@ def test_command_line_arguments_reach_the_merge(tmp_path, runs, monkeypatch):
     calls.clear()
     assert main(["runs", "--csv", "out/lb.csv", "--resamples", "7", "--level", "0.9",
                  "--miniature-csv", "mini.csv"]) == 0
-    assert calls == [(Path("out/lb.csv"), 2, AggregateOptions(7, 0.9), "real"),
-                     (Path("mini.csv"), 2, AggregateOptions(7, 0.9), "miniature")]
+    assert calls == [(Path("out/lb.csv"), 3, AggregateOptions(7, 0.9), "real"),
+                     (Path("mini.csv"), 3, AggregateOptions(7, 0.9), "miniature")]
+    calls.clear()
+    assert main(["runs/real", "--csv", "solo/lb.csv"]) == 0  # real records only: no miniature file
+    assert [c[0] for c in calls] == [Path("solo/lb.csv")] and os.listdir("solo") == ["lb.csv"]
     calls.clear()
     assert main(["--csv", "out/lb.csv"]) == 0  # no miniature records, no miniature file next to the CSV
     assert [c[0] for c in calls] == [Path("out/lb.csv")]
@@ -304,11 +308,11 @@ def test_command_line_output_lines(tmp_path, runs, capsys):
     assert not csv_path.exists() and not mini.exists()
     assert main([*args, str(runs)]) == 0
     assert capsys.readouterr().out == (
-        f"{csv_path}: {n_pub} published rows, 4 reproduced rows from 1 record(s) (updated)\n"
+        f"{csv_path}: {n_pub} published rows, 4 reproduced rows from 2 record(s) (updated)\n"
         f"{mini}: 0 published rows, 4 reproduced rows from 1 record(s) (updated)\n")
     assert main([*args, str(runs)]) == 0
     assert capsys.readouterr().out == (
-        f"{csv_path}: {n_pub} published rows, 4 reproduced rows from 1 record(s) (unchanged)\n"
+        f"{csv_path}: {n_pub} published rows, 4 reproduced rows from 2 record(s) (unchanged)\n"
         f"{mini}: 0 published rows, 4 reproduced rows from 1 record(s) (unchanged)\n")
     assert main([*args, "--check"]) == 0
     assert capsys.readouterr().out == f"{csv_path}: up to date ({n_pub + 4} rows)\n{mini}: up to date (4 rows)\n"
