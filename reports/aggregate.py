@@ -453,7 +453,7 @@ def _settings_diff(a: dict[str, Any] | None, b: dict[str, Any] | None) -> dict[s
     try:
         return protocol_diff(Protocol.from_dict(a), Protocol.from_dict(b))
     except (ValueError, KeyError, TypeError):  # settings from another harness version: compare as plain data
-        keys = sorted(set(a) | set(b) - {"description"})
+        keys = sorted((set(a) | set(b)) - {"description"})
         return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}
 
 

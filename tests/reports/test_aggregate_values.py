@@ -137,3 +137,25 @@ def test_seeds_without_common_images_get_no_interval_and_a_warning(tmp_path, wri
     assert err.count("warning: no bootstrap CI for reproduced/real/rein/dinov2_vitl14/gta2cbm/") == 1
     assert err.rstrip().endswith(
         "/Cityscapes: align_by_names: the confusion files share no image names ([10, 10] images)")
+
+
+def test_other_level_and_an_average_over_other_runs(tmp_path, write_run):
+    """A 90 % interval is the 5th-95th percentile of the same draws; an average row whose runs differ from its
+    targets' runs (seed 1 has no Mapillary result: its own "Avg(C/B)" row) gets no interval."""
+    root = tmp_path / "runs"
+    write_run(root, "rein", "dinov2_vitl14", seed=0, quality=0.6)
+    path = write_run(root, "rein", "dinov2_vitl14", seed=1, quality=0.7)
+    record = json.loads(path.read_text())
+    del record["results"]["targets"]["mapillary"]
+    path.write_text(json.dumps(record))
+    merged = merge_into_csv(tmp_path / "lb.csv", load_records(root), AggregateOptions(resamples=RESAMPLES, level=0.9))
+    rows = {r["target"]: r for r in merged if r["kind"] == "reproduced"}
+    row = rows["Mapillary"]  # seed 0 only
+    seed0 = sorted(load_records(root), key=lambda r: r["seed"])[0]
+    with np.load(root / seed0["run_id"] / seed0["results"]["targets"]["mapillary"]["confusion"]) as z:
+        cms = z["confusion"][np.argsort(z["names"])]
+    dist = _bootstrap([cms], _seed("|".join([row[f] for f in GROUP_FIELDS] + ["Mapillary"])))
+    lo, hi = np.quantile(dist, [0.05, 0.95])
+    assert (row["miou_ci_low"], row["miou_ci_high"], row["ci_level"]) == (f"{lo:.2f}", f"{hi:.2f}", "90")
+    assert rows["Avg(C/B)"]["run_ids"] == seed0["run_id"].replace("-s0-", "-s1-")
+    assert rows["Cityscapes"]["miou_ci_low"] != "" and rows["Avg(C/B)"]["miou_ci_low"] == ""
