@@ -30,7 +30,8 @@ def describe(parser: argparse.ArgumentParser) -> dict:
                         required=a.required, type=value(a.type), kind=type(a).__name__)
                    for a in group._group_actions]
         groups.append(dict(title=group.title, description=group.description, actions=actions))
-    return dict(prog=parser.prog, description=parser.description, groups=groups)
+    return dict(prog=parser.prog, description=parser.description, formatter=parser.formatter_class.__name__,
+                groups=groups)
 
 
 def current() -> dict:
@@ -41,7 +42,8 @@ def dump(commands: dict) -> str:
     """JSON with one line per option (a readable diff when a help line changes)."""
     lines = ["{"]
     for c, (command, d) in enumerate(commands.items()):
-        lines.append(f' "{command}": {{"prog": {json.dumps(d["prog"])}, "description": {json.dumps(d["description"])},')
+        lines.append(f' "{command}": {{"prog": {json.dumps(d["prog"])}, "formatter": {json.dumps(d["formatter"])},')
+        lines.append(f'  "description": {json.dumps(d["description"])},')
         lines.append('  "groups": [')
         for i, g in enumerate(d["groups"]):
             lines.append(f'   {{"title": {json.dumps(g["title"])}, "description": {json.dumps(g["description"])}, '
@@ -61,6 +63,7 @@ def test_help_of_sweep_and_status_is_pinned():
     for command in ("sweep", "status"):
         assert got[command]["prog"] == want[command]["prog"]
         assert got[command]["description"] == want[command]["description"]
+        assert got[command]["formatter"] == want[command]["formatter"]  # raw: the description's line break kept
         assert [g["title"] for g in got[command]["groups"]] == [g["title"] for g in want[command]["groups"]]
         for g_got, g_want in zip(got[command]["groups"], want[command]["groups"]):
             assert g_got == g_want, f"{command}, group {g_want['title']!r}: regenerate (module docstring) if deliberate"
