@@ -327,7 +327,8 @@ class _ToyVLTSeg(VLTSeg):
 
     def __init__(self):
         Method.__init__(self, MethodConfig())
-        self.backbone = nn.ModuleDict(dict(norm=nn.LayerNorm(2), proj=nn.Linear(2, 2, bias=False)))
+        self.backbone = nn.ModuleDict(dict(norm=_NormWithAdapter(2), proj=nn.Linear(2, 2, bias=False)))
+        self.backbone_neck = nn.LayerNorm(2)  # starts with "backbone" but is not under "backbone."
         self.decode_head = nn.ModuleDict(dict(norm=nn.LayerNorm(2), query_embed=nn.Embedding(1, 2)))
         self.norm = nn.LayerNorm(2)
 
@@ -335,15 +336,19 @@ class _ToyVLTSeg(VLTSeg):
 def test_vltseg_param_groups_expand_the_backbone_norm_rule():
     toy = _ToyVLTSeg()
     recipe = TrainRecipe(lr=1.0, weight_decay=0.5, norm_decay_mult=0.25, param_rules=(
-        ParamRule("backbone.[norm]", lr_mult=0.1, decay_mult=0.0), ParamRule("backbone.", lr_mult=0.1),
-        ParamRule("decode_head.query_embed", decay_mult=0.0)))
+        ParamRule("decode_head.query_embed", decay_mult=0.0), ParamRule("backbone.[norm]", lr_mult=0.1, decay_mult=0.0),
+        ParamRule("backbone.", lr_mult=0.1)))
     assert expand_norm_rules(toy, recipe.param_rules) == (
-        ParamRule("backbone.norm.weight", 0.1, 0.0), ParamRule("backbone.norm.bias", 0.1, 0.0),
-        ParamRule("backbone.", 0.1, 1.0), ParamRule("decode_head.query_embed", 1.0, 0.0))
+        ParamRule("decode_head.query_embed", 1.0, 0.0), ParamRule("backbone.norm.weight", 0.1, 0.0),
+        ParamRule("backbone.norm.bias", 0.1, 0.0), ParamRule("backbone.", 0.1, 1.0))
     got = {n: (g["lr"], g["weight_decay"]) for g in toy.param_groups(recipe) for n in g["names"]}
     assert got == {"backbone.norm.weight": (0.1, 0.0), "backbone.norm.bias": (0.1, 0.0),
-                   "backbone.proj.weight": (0.1, 0.5),
+                   "backbone.norm.adapter.weight": (0.1, 0.5), "backbone.proj.weight": (0.1, 0.5),
+                   "backbone_neck.weight": (1.0, 0.125), "backbone_neck.bias": (1.0, 0.125),
                    "decode_head.norm.weight": (1.0, 0.125), "decode_head.norm.bias": (1.0, 0.125),
                    "decode_head.query_embed.weight": (1.0, 0.0),
                    "norm.weight": (1.0, 0.125), "norm.bias": (1.0, 0.125)}
-    assert recipe.param_rules[0].key == "backbone.[norm]"  # the recipe itself is left as it was
+    assert recipe.param_rules[1].key == "backbone.[norm]"  # the recipe itself is left as it was
+    # a norm layer at the top (empty prefix): its parameters are named without a leading dot
+    assert expand_norm_rules(nn.LayerNorm(2), (ParamRule("[norm]", 0.5, 0.0),)) == (
+        ParamRule("weight", 0.5, 0.0), ParamRule("bias", 0.5, 0.0))
