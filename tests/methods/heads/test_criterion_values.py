@@ -76,6 +76,10 @@ def test_messages_in_full():
     out = {"pred_logits": torch.zeros(1, 4, 5), "pred_masks": torch.zeros(1, 4, 2, 2)}
     with pytest.raises(ValueError, match=r"^class logits have 5 entries, expected num_classes\+1 = 4$"):
         crit(out, [target])
+    with pytest.raises(ValueError, match=r"^FixedMatcher needs one query per class: 4 queries, 3 classes$"):
+        FixedMatcher(3)(torch.zeros(1, 4, 6), torch.zeros(1, 4, 2, 2), [target])
+    with pytest.raises(ValueError, match=r"^1 predictions but 2 targets$"):
+        HungarianMatcher()(torch.zeros(1, 4, 6), torch.zeros(1, 4, 2, 2), [target, target])
     with pytest.raises(ValueError, match=r"^labels must be \[B, H, W\] train ids, got shape \(2, 2\)$"):
         semantic_targets(torch.zeros(2, 2, dtype=torch.long), 3)
     bad = torch.tensor([[list(range(3, 15)) + [-1, 0, 2, 255, 255]]])  # 13 bad values; only the first 10 shown
@@ -193,8 +197,26 @@ def test_uncertain_points_written_out():
     torch.manual_seed(11)
     only_uncertain = uncertain_point_coords(logits, 4, oversample_ratio=3.0, importance_sample_ratio=1.0)
     assert only_uncertain.shape == (2, 4, 2)
-    default = uncertain_point_coords(logits, 4)  # 12 candidates, 3 uncertain + 1 fresh
-    assert default.shape == (2, 4, 2)
+    torch.manual_seed(12)
+    default = uncertain_point_coords(logits, 4)  # 3x: 12 candidates, 0.75: 3 uncertain + 1 fresh
+    torch.manual_seed(12)
+    candidates, fresh = torch.rand(2, 12, 2), torch.rand(2, 1, 2)
+    for n in range(2):
+        score = [abs(bilinear(logits[n], *c.tolist())) for c in candidates[n]]
+        order = sorted(range(12), key=lambda i: score[i])[:3]
+        torch.testing.assert_close(default[n], torch.cat([candidates[n, order], fresh[n]]))
+
+
+def test_points_and_indices_stay_on_the_device_of_the_inputs():
+    """On the ``meta`` device (stands for CUDA): sampled points, target samples and fixed-matcher indices."""
+    meta = torch.device("meta")
+    assert uncertain_point_coords(torch.zeros(2, 4, 4, device=meta), 4).device == meta
+    targets = [{"labels": torch.tensor([0, 2], device=meta), "masks": torch.zeros(2, 4, 4, device=meta)}]
+    rows, cols = FixedMatcher(3)(torch.zeros(1, 3, 4, device=meta), torch.zeros(1, 3, 4, 4, device=meta), targets)[0]
+    assert rows.device == cols.device == meta
+    out = Mask2FormerCriterion._target_points(targets, [2], torch.zeros(2, dtype=torch.long, device=meta),
+                                              torch.zeros(2, 5, 2, device=meta))
+    assert out.device == meta and out.shape == (2, 5)
 
 
 # ------------------------------------------------------------------------------------------ the criterion
@@ -342,3 +364,45 @@ def test_losses_are_float32_under_autocast():
     for key in plain:
         assert auto[key].dtype == torch.float32
         torch.testing.assert_close(auto[key], plain[key], rtol=0.05, atol=0.05)
+
+
+class _GivenMatcher:
+    """Returns the (queries, targets) pairs it is given, per image (the same for every prediction set)."""
+
+    def __init__(self, pairs):
+        self.pairs = pairs
+
+    def __call__(self, logits, masks, targets):
+        return [tuple(torch.tensor(v, dtype=torch.long) for v in self.pairs[i % len(self.pairs)])
+                for i in range(len(targets))]
+
+
+def test_point_losses_follow_a_permuted_assignment(monkeypatch):
+    """Queries matched to targets out of order (image 0: query 0 <- target 1 (class 2), query 2 <- target 0 (class 0);
+    image 2: query 1 <- class 1): class targets, predictions and target samples all follow the assignment."""
+    assignment = [([0, 2], [1, 0]), ([], []), ([1], [0])]
+    crit = Mask2FormerCriterion(3, _GivenMatcher(assignment), num_points=4)
+    out, pairs = _outputs(7, 4)
+    pixels, coords = _pixel_centre_points(6, 4, 4, seed=8)
+    monkeypatch.setattr(criterion_module, "uncertain_point_coords", lambda src, *args: coords)
+    losses = crit(out, semantic_targets(LABELS, 3))
+    matches = [(s, b, q, PRESENT[b][j]) for s in range(2) for b in range(3) for q, j in zip(*assignment[b])]
+    mask = dice_sum = 0.0
+    for row, (s, b, q, c) in enumerate(matches):
+        pred = [float(pairs[s][1][b, q, y, x]) for x, y in pixels[row].tolist()]
+        tgt = [float(LABELS[b, y, x] == c) for x, y in pixels[row].tolist()]
+        mask += sum(bce(a, t) for a, t in zip(pred, tgt)) / 4
+        dice_sum += dice(pred, tgt)
+    cls = 0.0
+    weights = (1.0, 1.0, 1.0, 0.1)
+    for s, (logits, _) in enumerate(pairs):
+        ce_sum = weight_sum = 0.0
+        for b in range(3):
+            for q in range(3):
+                target = next((c for s2, b2, q2, c in matches if (s2, b2, q2) == (s, b, q)), 3)
+                ce_sum += weights[target] * -float(logits[b, q].log_softmax(-1)[target])
+                weight_sum += weights[target]
+        cls += ce_sum / weight_sum
+    torch.testing.assert_close(losses["loss_cls"], torch.tensor(2.0 * cls))
+    torch.testing.assert_close(losses["loss_mask"], torch.tensor(5.0 * mask / 3))
+    torch.testing.assert_close(losses["loss_dice"], torch.tensor(5.0 * dice_sum / 3))
