@@ -351,19 +351,44 @@ def test_ddp_mask_count_is_the_mean_over_ranks_at_least_one(monkeypatch):
 
 
 def test_losses_are_float32_under_autocast():
+    """The criterion switches autocast off: under a bf16 autocast region fp32 inputs give the fp32 losses exactly,
+    and bf16 predictions give fp32 losses."""
     crit = Mask2FormerCriterion(3, num_points=16)
     out, _ = _outputs(6, 4, sets=1)
     targets = semantic_targets(LABELS, 3)
     torch.manual_seed(0)
     plain = crit(out, targets)
+    torch.manual_seed(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        auto = crit(out, targets)
     half = {"pred_logits": out["pred_logits"].bfloat16(), "pred_masks": out["pred_masks"].bfloat16(),
             "aux_outputs": []}
     torch.manual_seed(0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        auto = crit(half, targets)
+        auto_half = crit(half, targets)
     for key in plain:
-        assert auto[key].dtype == torch.float32
-        torch.testing.assert_close(auto[key], plain[key], rtol=0.05, atol=0.05)
+        torch.testing.assert_close(auto[key], plain[key], rtol=1e-6, atol=1e-7)
+        assert auto_half[key].dtype == torch.float32
+        torch.testing.assert_close(auto_half[key], plain[key], rtol=0.05, atol=0.05)
+
+
+def test_criterion_runs_on_the_device_of_its_predictions(monkeypatch):
+    """On the ``meta`` device (stands for CUDA), with the targets on the CPU: every index and target goes to the
+    predictions' device, the DDP mask count included (NCCL reduces device tensors only)."""
+    meta = torch.device("meta")
+    crit = Mask2FormerCriterion(3, FixedMatcher(3), num_points=4).to(meta)
+    targets = [{"labels": torch.tensor([0, 2]), "masks": torch.zeros(2, 4, 4, dtype=torch.bool)},
+               {"labels": torch.tensor([1]), "masks": torch.ones(1, 4, 4, dtype=torch.bool)}]
+    out = {"pred_logits": torch.zeros(2, 3, 4, device=meta), "pred_masks": torch.zeros(2, 3, 4, 4, device=meta)}
+    reduced = []
+    fake = SimpleNamespace(is_available=lambda: True, is_initialized=lambda: True, get_world_size=lambda: 2,
+                           all_reduce=lambda t: reduced.append(t.device))
+    for distributed in (False, True):
+        if distributed:
+            monkeypatch.setattr(criterion_module, "dist", fake)
+        losses = crit._forward(out, targets)  # forward() minus its autocast switch, which has no meta backend
+        assert {k: (v.device, v.dtype) for k, v in losses.items()} == {k: (meta, torch.float32) for k in losses}
+    assert reduced == [meta]
 
 
 class _GivenMatcher:
