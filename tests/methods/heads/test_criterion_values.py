@@ -217,6 +217,13 @@ def test_points_and_indices_stay_on_the_device_of_the_inputs():
     out = Mask2FormerCriterion._target_points(targets, [2], torch.zeros(2, dtype=torch.long, device=meta),
                                               torch.zeros(2, 5, 2, device=meta))
     assert out.device == meta and out.shape == (2, 5)
+    # the matcher's costs (cost_matrices() minus its autocast switch, which has no meta backend), targets on the CPU
+    cpu_targets = [{"labels": torch.tensor([0, 2]), "masks": torch.zeros(2, 8, 8, dtype=torch.bool)},
+                   {"labels": torch.zeros(0, dtype=torch.long), "masks": torch.zeros(0, 8, 8, dtype=torch.bool)}]
+    costs = HungarianMatcher(num_points=5)._costs(torch.zeros(2, 3, 4, device=meta),
+                                                  torch.zeros(2, 3, 4, 4, device=meta), cpu_targets)
+    assert [(c.device, c.dtype, tuple(c.shape)) for c in costs] == [(meta, torch.float32, (3, 2)),
+                                                                    (meta, torch.float32, (3, 0))]
 
 
 # ------------------------------------------------------------------------------------------ the criterion
