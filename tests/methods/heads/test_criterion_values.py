@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import re
+import warnings
 from types import SimpleNamespace
 
 import pytest
@@ -139,13 +140,18 @@ def test_point_sample_shared_and_own_points():
     g = torch.Generator().manual_seed(2)
     masks = torch.randn(2, 3, 4, generator=g)
     shared = torch.tensor([[0.1, 0.2], [0.5, 0.5], [0.95, 0.02], [0.3, 0.8]])  # two within half a pixel of a border
-    got = point_sample(masks, shared)
-    assert got.shape == (2, 4)
+    own = torch.rand(2, 5, 2, generator=g)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # grid_sample warns when align_corners is not given
+        got = point_sample(masks, shared)
+        got64 = point_sample(masks.double(), shared)  # float32 points, float64 masks
+        got_own = point_sample(masks.double(), own)
+    assert got.shape == (2, 4) and got64.dtype == torch.float64
     for n in range(2):
         for p in range(4):
             assert float(got[n, p]) == pytest.approx(bilinear(masks[n], *shared[p].tolist()), abs=1e-6)
-    own = torch.rand(2, 5, 2, generator=g)
-    got = point_sample(masks.double(), own)
+            assert float(got64[n, p]) == pytest.approx(bilinear(masks[n], *shared[p].float().tolist()), abs=1e-6)
+    got = got_own
     assert got.shape == (2, 5) and got.dtype == torch.float64
     for n in range(2):
         for p in range(5):
@@ -178,6 +184,28 @@ def test_hungarian_costs_written_out():
     assert costs[1].shape == (3, 0) and costs[1].dtype == torch.float32
     rows, cols = matcher(logits, masks, targets)[1]
     assert rows.tolist() == cols.tolist() == [] and rows.dtype == cols.dtype == torch.long
+    # an image without targets first, bf16 predictions: every matrix is float32 and the next image still gets its own
+    torch.manual_seed(7)
+    costs = matcher.cost_matrices(logits.flip(0).bfloat16(), masks.flip(0).bfloat16(), targets[::-1])
+    assert [(c.dtype, tuple(c.shape)) for c in costs] == [(torch.float32, (3, 0)), (torch.float32, (3, 2))]
+    torch.testing.assert_close(costs[1], expected, rtol=0.05, atol=0.05)
+
+
+def test_hungarian_assignment_of_given_costs(monkeypatch):
+    """``__call__`` on cost matrices written here (one transfer for all, split back per image): the minimum-cost
+    assignment of each, an image without targets in between, a 1x1 problem, and no images at all."""
+    costs = [torch.tensor([[5.0, 1.0], [1.0, 5.0], [9.0, 9.0]]), torch.zeros(3, 0), torch.tensor([[4.0], [2.0], [3.0]]),
+             torch.tensor([[9.0, 9.0], [1.0, 2.0], [2.0, 9.0]])]
+    matcher = HungarianMatcher()
+    monkeypatch.setattr(matcher, "cost_matrices", lambda logits, masks, targets: costs)
+    got = matcher(torch.zeros(4, 3, 4), torch.zeros(4, 3, 2, 2), [{}] * 4)
+    assert [(r.tolist(), c.tolist()) for r, c in got] == [([0, 1], [1, 0]), ([], []), ([1], [0]), ([1, 2], [1, 0])]
+    assert all(r.dtype == c.dtype == torch.long for r, c in got)
+    costs[:] = [torch.tensor([[0.5]])]
+    assert [(r.tolist(), c.tolist()) for r, c in matcher(torch.zeros(1, 1, 4), torch.zeros(1, 1, 2, 2), [{}])] == \
+        [([0], [0])]
+    costs[:] = []
+    assert matcher(torch.zeros(0, 3, 4), torch.zeros(0, 3, 2, 2), []) == []
 
 
 def test_uncertain_points_written_out():
@@ -331,6 +359,17 @@ def test_the_final_set_alone_without_aux_outputs():
     assert len(Mask2FormerCriterion.prediction_sets(out)) == 1
     losses = crit(out, semantic_targets(LABELS, 3))
     torch.testing.assert_close(losses["loss_cls"], torch.tensor(2.0 * _class_loss(pairs)))
+
+
+def test_a_batch_without_targets_has_the_class_loss_and_zero_mask_losses():
+    crit = Mask2FormerCriterion(3, FixedMatcher(3), mask_loss_on_points=False)
+    out, pairs = _outputs(9, 2)
+    losses = crit(out, semantic_targets(torch.full((3, 4, 4), 255), 3))
+    assert set(losses) == {"loss_cls", "loss_mask", "loss_dice"}
+    # every query is no-object: the weighted mean over the 9 queries of a set is the plain mean
+    expected = sum(float(-(logits.log_softmax(-1)[:, :, 3]).mean()) for logits, _ in pairs)
+    torch.testing.assert_close(losses["loss_cls"], torch.tensor(2.0 * expected))
+    assert losses["loss_mask"].item() == losses["loss_dice"].item() == 0.0
 
 
 def test_ddp_mask_count_is_the_mean_over_ranks_at_least_one(monkeypatch):
