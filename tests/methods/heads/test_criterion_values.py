@@ -194,12 +194,12 @@ def test_hungarian_costs_written_out():
 def test_hungarian_assignment_of_given_costs(monkeypatch):
     """``__call__`` on cost matrices written here (one transfer for all, split back per image): the minimum-cost
     assignment of each, an image without targets in between, a 1x1 problem, and no images at all."""
-    costs = [torch.tensor([[5.0, 1.0], [1.0, 5.0], [9.0, 9.0]]), torch.zeros(3, 0), torch.tensor([[4.0], [2.0], [3.0]]),
+    costs = [torch.tensor([[5.0, 1.0], [1.0, 5.0], [9.0, 9.0]]), torch.zeros(3, 0), torch.tensor([[2.0], [4.0], [3.0]]),
              torch.tensor([[9.0, 9.0], [1.0, 2.0], [2.0, 9.0]])]
     matcher = HungarianMatcher()
     monkeypatch.setattr(matcher, "cost_matrices", lambda logits, masks, targets: costs)
     got = matcher(torch.zeros(4, 3, 4), torch.zeros(4, 3, 2, 2), [{}] * 4)
-    assert [(r.tolist(), c.tolist()) for r, c in got] == [([0, 1], [1, 0]), ([], []), ([1], [0]), ([1, 2], [1, 0])]
+    assert [(r.tolist(), c.tolist()) for r, c in got] == [([0, 1], [1, 0]), ([], []), ([0], [0]), ([1, 2], [1, 0])]
     assert all(r.dtype == c.dtype == torch.long for r, c in got)
     costs[:] = [torch.tensor([[0.5]])]
     assert [(r.tolist(), c.tolist()) for r, c in matcher(torch.zeros(1, 1, 4), torch.zeros(1, 1, 2, 2), [{}])] == \
