@@ -56,7 +56,8 @@ REIN_MINI = dict(iterations=480, batch_size=4, lr=1e-3, warmup_iters=10, warmup_
 
 SET_CITY_SRC = ("JingjunYi/SET configs/my/citys_rein_dinov2_mask2former_512x512_bs1x4.py (Rein's 512 recipe on "
                 "Cityscapes train; seed 42, fp32)")
-VIREO_SRC = "anonymouse-9c53tp182bvz/Vireo configs/dinov2_domain/vireo_dinov2_mask2former_512x512_bs1x4{}.py (seed 42, fp32)"
+VIREO_SRC = ("anonymouse-9c53tp182bvz/Vireo configs/dinov2_domain/vireo_dinov2_mask2former_512x512_bs1x4{}.py "
+             "(seed 42, fp32)")
 
 TQDM_GTA = dict(
     iterations=20000, batch_size=8, optimizer="adamw", lr=1e-5, weight_decay=1e-4, betas=(0.9, 0.999), eps=1e-8,

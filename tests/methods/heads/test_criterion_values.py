@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 import methods.heads.criterion as criterion_module
 from methods.heads import FixedMatcher, HungarianMatcher, Mask2FormerCriterion, semantic_targets
