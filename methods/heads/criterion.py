@@ -61,7 +61,6 @@ def sigmoid_bce_loss(pred_logits: Tensor, targets: Tensor, num_masks: float) -> 
     return loss.mean(-1).sum() / num_masks
 
 
-@torch.no_grad()
 def uncertain_point_coords(mask_logits: Tensor, num_points: int, oversample_ratio: float = 3.0,
                            importance_sample_ratio: float = 0.75) -> Tensor:
     """PointRend importance sampling: [N, h, w] logits -> [N, num_points, 2] (x, y) in [0, 1].
@@ -70,17 +69,18 @@ def uncertain_point_coords(mask_logits: Tensor, num_points: int, oversample_rati
     ``importance_sample_ratio * num_points`` most uncertain (uncertainty = -|logit|), and fill up
     with fresh uniform points.
     """
-    n = mask_logits.shape[0]
-    num_sampled = int(num_points * oversample_ratio)
-    coords = torch.rand(n, num_sampled, 2, device=mask_logits.device)
-    uncertainty = -point_sample(mask_logits.float(), coords).abs()
-    num_uncertain = int(importance_sample_ratio * num_points)
-    num_random = num_points - num_uncertain
-    idx = uncertainty.topk(num_uncertain, dim=1).indices
-    picked = coords.gather(1, idx[..., None].expand(-1, -1, 2))
-    if num_random > 0:
-        picked = torch.cat([picked, torch.rand(n, num_random, 2, device=mask_logits.device)], dim=1)
-    return picked
+    with torch.no_grad():  # a context, not a decorator: mutmut skips decorated functions
+        n = mask_logits.shape[0]
+        num_sampled = int(num_points * oversample_ratio)
+        coords = torch.rand(n, num_sampled, 2, device=mask_logits.device)
+        uncertainty = -point_sample(mask_logits.float(), coords).abs()
+        num_uncertain = int(importance_sample_ratio * num_points)
+        num_random = num_points - num_uncertain
+        idx = uncertainty.topk(num_uncertain, dim=1).indices
+        picked = coords.gather(1, idx[..., None].expand(-1, -1, 2))
+        if num_random > 0:
+            picked = torch.cat([picked, torch.rand(n, num_random, 2, device=mask_logits.device)], dim=1)
+        return picked
 
 
 CLASS_LOSS_NORMS = ("class_weights", "queries")
@@ -198,21 +198,21 @@ class Mask2FormerCriterion(nn.Module):
         return {"loss_cls": loss_cls, "loss_mask": loss_mask, "loss_dice": loss_dice}
 
     @staticmethod
-    @torch.no_grad()
     def _target_points(all_targets: list[dict], counts: list[int], tgt_idx: Tensor, coords: Tensor) -> Tensor:
         """Sample each matched target mask at its own prediction's points, without copying masks.
 
         Item i's matches are rows ``sum(counts[:i])`` onwards; ``tgt_idx`` indexes its image's masks.
         """
-        out = torch.empty(coords.shape[:2], device=coords.device)
-        start = 0
-        for target, k in zip(all_targets, counts):
-            if k == 0:
-                continue
-            idx = tgt_idx[start:start + k]
-            gt_masks = target["masks"]
-            per_gt = coords.new_zeros((gt_masks.shape[0], coords.shape[1], 2))
-            per_gt[idx] = coords[start:start + k]
-            out[start:start + k] = point_sample(gt_masks, per_gt)[idx]
-            start += k
-        return out
+        with torch.no_grad():
+            out = torch.empty(coords.shape[:2], device=coords.device)
+            start = 0
+            for target, k in zip(all_targets, counts):
+                if k == 0:
+                    continue
+                idx = tgt_idx[start:start + k]
+                gt_masks = target["masks"]
+                per_gt = coords.new_zeros((gt_masks.shape[0], coords.shape[1], 2))
+                per_gt[idx] = coords[start:start + k]
+                out[start:start + k] = point_sample(gt_masks, per_gt)[idx]
+                start += k
+            return out

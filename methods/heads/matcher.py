@@ -58,10 +58,11 @@ class HungarianMatcher:
         self.class_weight, self.mask_weight, self.dice_weight = class_weight, mask_weight, dice_weight
         self.num_points = num_points
 
-    @torch.no_grad()
     def cost_matrices(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[dict]) -> list[Tensor]:
         """Per item, the [Q, K] matching cost (on the predictions' device, fp32 even under autocast)."""
-        with torch.autocast(pred_logits.device.type, enabled=False):
+        # no_grad as a context, not a decorator: mutmut skips decorated functions (the assignment in __call__
+        # needs no grad mode: its costs come from here)
+        with torch.no_grad(), torch.autocast(pred_logits.device.type, enabled=False):
             return self._costs(pred_logits, pred_masks, targets)
 
     def _costs(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[dict]) -> list[Tensor]:
@@ -80,7 +81,6 @@ class HungarianMatcher:
             costs.append(cost)
         return costs
 
-    @torch.no_grad()
     def __call__(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         if len(targets) != pred_logits.shape[0]:
             raise ValueError(f"{pred_logits.shape[0]} predictions but {len(targets)} targets")
@@ -109,7 +109,6 @@ class FixedMatcher:
     def __init__(self, num_classes: int):
         self.num_classes = num_classes
 
-    @torch.no_grad()
     def __call__(self, pred_logits: Tensor, pred_masks: Tensor, targets: list[dict]) -> list[tuple[Tensor, Tensor]]:
         if pred_logits.shape[1] != self.num_classes:
             raise ValueError(f"FixedMatcher needs one query per class: {pred_logits.shape[1]} queries, "
