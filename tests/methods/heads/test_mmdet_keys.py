@@ -224,3 +224,13 @@ def test_template_options():
     sd = synthetic_state_dict({"a": (2, 3), "b": (4,)}, seed=5)
     gen = torch.Generator().manual_seed(5)
     assert torch.equal(sd["a"], torch.randn(2, 3, generator=gen)) and torch.equal(sd["b"], torch.randn(4, generator=gen))
+
+
+def test_keys_outside_the_head_do_not_stop_the_conversion():
+    a, b, c = (torch.full((1,), float(i)) for i in range(3))
+    conv = convert_mmdet_head({"backbone.x": a, "decode_head.cls_embed.bias": b, "auxiliary_head.y": c,
+                               "decode_head.level_embed.weight": a})
+    assert list(conv.rest) == ["backbone.x", "auxiliary_head.y"]
+    assert list(conv.tensors) == ["decode_head.class_predictor.bias", "decode_head.level_embed"]
+    gen = torch.Generator().manual_seed(0)  # the default seed is 0
+    assert torch.equal(synthetic_state_dict({"a": (3,)})["a"], torch.randn(3, generator=gen))
