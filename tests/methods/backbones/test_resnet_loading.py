@@ -72,6 +72,7 @@ def test_load_into_meta_module_gets_the_tensors():
     missing, unexpected, casts = _load_into(m, {"weight": w, "bias": b}, "", "pool", "f")
     assert (missing, unexpected, casts) == ([], [], 1)
     assert not m.weight.is_meta and torch.equal(m.weight, w) and torch.equal(m.bias, b.float())
+    assert m.bias.dtype == torch.float32  # the module's dtype, not the file's
 
 
 def test_load_into_shape_message_in_full():
@@ -159,3 +160,11 @@ def test_shape_errors_name_the_source(tmp_path):
         load_clip_resnet(path, CLIPResNet(CFG))
     assert str(e.value).startswith(f"{path}: image tower shapes do not match the config;")
     assert str(e.value).endswith("\n  visual.attnpool.c_proj.weight: file (16, 256) vs model (32, 256)")
+
+
+def test_any_module_without_a_pool_attribute_is_a_tower():
+    tower = nn.Module()
+    tower.conv1 = nn.Conv2d(3, 2, 1, bias=False)
+    w = torch.arange(6.0).reshape(2, 3, 1, 1)
+    rep = load_clip_resnet({"visual.conv1.weight": w, "visual.attnpool.c_proj.bias": t(1)}, tower)
+    assert rep.ok() and rep.ignored == ["visual.attnpool.c_proj.bias"] and torch.equal(tower.conv1.weight, w)
