@@ -318,3 +318,106 @@ def test_mapillary_dataset_mapping(tmp_path):
 
 def test_gta5_layout_constant_draws_the_labels():
     assert "labels/00001.png ... 24966.png     8-bit palette PNG, index = Cityscapes labelId" in GTA5_LAYOUT
+
+
+# ------------------------------------------------------------------------------------ GTA5 split lists
+def _gta_message(problem: str, expected: Path, fix: str | None = None) -> str:
+    from datasets.gta5 import GTA5_FIX
+
+    layout = "\n".join("    " + line for line in GTA5_LAYOUT.splitlines())
+    return f"{problem}\n  expected: {expected}\n  expected layout:\n{layout}\n  fix: {fix or GTA5_FIX}"
+
+
+def _gta_tree(root: Path, names=("00001.png", "00002.png", "00003.jpg", "00004.JPG", "notes.txt"),
+              labels=("00001.png", "00002_labelTrainIds.png", "00003.png", "00004.png")) -> Path:
+    (root / "images").mkdir(parents=True)
+    (root / "labels").mkdir()
+    for n in names:
+        (root / "images" / n).write_bytes(b"")
+    for n in labels:
+        (root / "labels" / n).write_bytes(b"")
+    return root
+
+
+def test_gta5_pairs_suffixes_and_label_fallback(tmp_path):
+    from datasets.gta5 import gta5_pairs
+
+    root = _gta_tree(tmp_path / "gta")
+    (root / "labels" / "00001_labelTrainIds.png").write_bytes(b"")  # the official file wins over a converted one
+    pairs = gta5_pairs(root, "all")
+    assert [(p.image.name, p.label.name, p.name) for p in pairs] == [
+        ("00001.png", "00001.png", "00001"), ("00002.png", "00002_labelTrainIds.png", "00002"),
+        ("00003.jpg", "00003.png", "00003"), ("00004.JPG", "00004.png", "00004")]
+    assert pairs[0].image == root / "images/00001.png" and pairs[0].label == root / "labels/00001.png"
+    (root / "gtav_split_val.txt").write_text("00004.png\n  00002 \n")
+    assert [(p.image.name, p.name) for p in gta5_pairs(root, "val")] == [("00004.JPG", "00004"), ("00002.png", "00002")]
+
+
+def test_gta5_pairs_messages_in_full(tmp_path):
+    from datasets.gta5 import gta5_pairs
+
+    with pytest.raises(ValueError) as e:
+        gta5_pairs(tmp_path, "trainval")
+    assert str(e.value) == ("GTA5 split must be one of ('all', 'train', 'val', 'test', 'official_train', 'official_val', "
+                            "'official_test'), got 'trainval'")
+    (tmp_path / "images").mkdir()
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(tmp_path, "all")
+    assert str(e.value) == _gta_message(f"gta5: folder {tmp_path / 'labels'} is missing", tmp_path / "labels")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "images" / "readme.txt").write_bytes(b"")
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(tmp_path, "all")
+    assert str(e.value) == _gta_message(f"gta5: no images in {tmp_path / 'images'}", tmp_path / "images/00001.png")
+    root = _gta_tree(tmp_path / "gta")
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "test")
+    lst = root / "gtav_split_test.txt"
+    assert str(e.value) == _gta_message(f"gta5: split list file {lst} is missing (needed for split 'test')", lst)
+    lst.write_text("\n".join(f"{i:05d}.png" for i in (1, 9, 8, 7, 6, 5, 12)))
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "test")
+    assert str(e.value) == _gta_message(
+        f"gta5: 6 image(s) listed in {lst} are missing from {root / 'images'}, e.g. 00009, 00008, 00007, 00006, 00005",
+        root / "images/00009.png")
+    (root / "labels" / "00003.png").unlink()
+    (root / "labels" / "00004.png").unlink()
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "all")
+    assert str(e.value).startswith(
+        f"gta5: 2 image(s) have no label file, e.g.\n    {root / 'images/00003.jpg'} -> {root / 'labels/00003.png'}\n"
+        f"    {root / 'images/00004.JPG'} -> {root / 'labels/00004.png'}\n  expected: {root / 'labels/00003.png'}\n")
+    assert [p.name for p in e.value.pairs] == ["00001", "00002"]
+
+
+def test_gta5_official_split_messages_in_full(tmp_path):
+    from scipy.io import savemat
+
+    from datasets.gta5 import gta5_pairs
+
+    root = _gta_tree(tmp_path / "gta")
+    mat = root / "split.mat"
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "official_val")
+    assert str(e.value) == _gta_message(
+        f"gta5: official split file {mat} is missing (needed for split 'official_val')", mat,
+        "take split.mat from read_mapping.zip on the GTA5 download page and put it next to images/")
+    mat.write_bytes(b"not a mat file")
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "official_val")
+    assert str(e.value).startswith(f"gta5: cannot read {mat}: ")
+    assert str(e.value).endswith("\n  fix: re-extract split.mat from read_mapping.zip")
+    assert isinstance(e.value.__cause__, Exception)
+    savemat(mat, {"trainIds": np.array([[4], [1]]), "testIds": np.array([[2, 3]])})
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "official_val")
+    assert str(e.value) == _gta_message(f"gta5: {mat} has no array 'valIds' (has ['testIds', 'trainIds'])", mat,
+                                        "use the official split.mat from read_mapping.zip")
+    assert [p.name for p in gta5_pairs(root, "official_train")] == ["00004", "00001"]  # the file's order
+    assert [p.name for p in gta5_pairs(root, "official_test")] == ["00002", "00003"]
+    savemat(mat, {"valIds": np.array([[1], [7], [8], [9], [10], [11], [12]])})
+    with pytest.raises(DatasetLayoutError) as e:
+        gta5_pairs(root, "official_val")
+    assert str(e.value) == _gta_message(
+        f"gta5: 6 image(s) of 'official_val' in {mat} are missing from {root / 'images'}, e.g. 00007, 00008, 00009, "
+        "00010, 00011", root / "images/00007.png")

@@ -595,3 +595,16 @@ def test_official_names_errors_in_full():
     with pytest.raises(ValueError) as e:
         official_encoder_state_dict(b, "dinov2")
     assert str(e.value) == "layout dinov2 is for family dinov2, config family is clip"
+
+
+def test_materialize_buffers_recomputes_the_fixed_buffers():
+    from methods.backbones.checkpoints import materialize_buffers
+
+    eager = one_block("eva02_tiny")
+    with torch.device("meta"):
+        lazy = ViTBackbone(vit_config("eva02_tiny", depth=1, taps=(0,)))
+    materialize_buffers(lazy)  # the CPU by default
+    bufs = dict(lazy.named_buffers())
+    assert list(bufs) == ["vit.rope.bands"]
+    for name, value in eager.named_buffers():
+        assert bufs[name].device.type == "cpu" and torch.equal(bufs[name], value), name
