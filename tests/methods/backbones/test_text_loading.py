@@ -74,6 +74,14 @@ def test_positions_are_cut_to_the_context_length(tmp_path):
     assert torch.equal(short.text.positional_embedding, state["positional_embedding"][:13])
     same = CLIPTextEncoder(text_config("tiny"))
     assert same.load_official(path).converted == []  # as many positions as the file: nothing cut
+    state13 = dict(state, positional_embedding=state["positional_embedding"][:13])
+    torch.save(state13, path)
+    assert CLIPTextEncoder(text_config("tiny", context_length=13)).load_official(path).converted == []
+    state80 = dict(state, positional_embedding=torch.randn(80, 64))  # more positions than the encoder's 77
+    torch.save(state80, path)
+    rep = same.load_official(path)
+    assert rep.ok() and rep.converted == ["text.positional_embedding (first 77 of 80 positions)"]
+    assert torch.equal(same.text.positional_embedding, state80["positional_embedding"][:77])
     state["positional_embedding"] = state["positional_embedding"][:10]  # fewer positions than the model: an error
     torch.save(state, path)
     with pytest.raises(ValueError) as e:
