@@ -103,9 +103,10 @@ def test_png_header_of_real_files(tmp_path):
     assert png_header(tmp_path / "a.png") == PngHeader(2, 2, 8, 6)
     data = (tmp_path / "s.png").read_bytes()
     big = bytearray(data)
-    big[16:20] = (2**24 + 70000).to_bytes(4, "big")  # width in all 4 bytes: read as 4 big-endian bytes
+    big[16:20] = (2**24 + 70000).to_bytes(4, "big")  # sizes in all 4 bytes: read as 4 big-endian bytes
+    big[20:24] = (2**25 + 3).to_bytes(4, "big")
     (tmp_path / "big.png").write_bytes(bytes(big))
-    assert png_header(tmp_path / "big.png").width == 2**24 + 70000
+    assert png_header(tmp_path / "big.png") == PngHeader(2**24 + 70000, 2**25 + 3, 16, 2)
     (tmp_path / "short.png").write_bytes(data[:28])
     assert png_header(tmp_path / "short.png") is None
     (tmp_path / "just.png").write_bytes(data[:29])
