@@ -280,6 +280,7 @@ def test_concatenated_splits(tmp_path):
     b2 = GTA5Dataset("gta5", "all", tmp_path, _gta_pairs(tmp_path / "d", 3), transform=_record)
     both = ConcatSegmentationDataset([a2, b2])
     assert both[4] == {"name": "00002", "draw": draw(4)}  # the global index seeds, not the part's
+    assert both[0] == {"name": "00000", "draw": draw(0)}
     assert both[(4, 11)] == {"name": "00002", "draw": draw(11)}
     assert both[-1] == {"name": "00002", "draw": draw(4)} and both[-3] == {"name": "00000", "draw": draw(2)}
     with pytest.raises(ValueError) as e:
