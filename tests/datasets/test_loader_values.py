@@ -168,9 +168,9 @@ def _synthia_label(path: Path, ids, channels: int = 3) -> Path:
 
 def test_synthia_decode_label(tmp_path):
     ds = SynthiaDataset("synthia", "all", tmp_path, [])
-    ids = [3, 1, 255, 256, 254, 65535, 22]
+    ids = [3, 1, 255, 256, 254, 65535, 22, 259, 264]  # 259 and 264 are 3 and 8 modulo 256: still ignored
     np.testing.assert_array_equal(ds.decode_label(_synthia_label(tmp_path / "a.png", ids)),
-                                  [[0, 10, 255, 255, 255, 255, 255]])
+                                  [[0, 10, 255, 255, 255, 255, 255, 255, 255]])
     np.testing.assert_array_equal(ds.decode_label(_synthia_label(tmp_path / "b.png", [2, 8], 4)), [[2, 13]])  # BGRA
     ids8 = np.array([[0, 18, 19]], np.uint8)
     np.testing.assert_array_equal(ds.decode_label(write_index(tmp_path / "c_labelTrainIds.png", ids8, "L")),
