@@ -315,14 +315,14 @@ def test_likely_causes_in_full():
 
 # ------------------------------------------------------------------------------------------- reports
 def test_key_report_summary_in_full():
-    rep = KeyReport(missing=["vit.blocks.0.a", "vit.blocks.1.a"], unexpected=["x"], converted=["c1", "c2"],
+    rep = KeyReport(missing=["vit.blocks.0.a", "vit.blocks.1.a"], unexpected=["x", "y"], converted=["c1", "c2"],
                     ignored=["mask_token", "text.y"], layout="dinov2", loaded=3)
     assert rep.summary() == (
         "MISMATCH: <state dict> [dinov2]: loaded 3 tensors\n"
         "  converted: c1; c2\n"
         "  ignored (expected): mask_token, text.y\n"
         "  MISSING (2): vit.blocks.*.a (2 keys)\n"
-        "  UNEXPECTED (1): x"
+        "  UNEXPECTED (2): x, y"
     )
     assert KeyReport(layout="eva_clip", path="/w/e.pt").summary() == "ok: /w/e.pt [eva_clip]: loaded 0 tensors"
     many = KeyReport(missing=["a.b", "c.d", "e.f"], unexpected=["g.h.i", "g.h.j"], ignored=["k", "l"])
