@@ -433,6 +433,10 @@ def test_convert_shape_errors_in_full():
     assert str(e.value) == (
         "blocks.0.mlp.fc1.weight -> vit.blocks.0.mlp.fc1.weight: file shape (128, 64), model shape (256, 64). "
         "Likely cause: MLP width differs: check mlp_ratio=4.0 / swiglu=False against the file.")
+    del sd["cls_token"]  # no cls token to read the file's width from: the cause comes from the key
+    with pytest.raises(CheckpointShapeError) as e:
+        convert_for_backbone(sd, b, "dinov2")
+    assert str(e.value).endswith("Likely cause: MLP width differs: check mlp_ratio=4.0 / swiglu=False against the file.")
     sd = _dinov2_file(b)
     sd["pos_embed"] = torch.zeros(1, 1 + 15, 64)
     with pytest.raises(CheckpointShapeError) as e:
