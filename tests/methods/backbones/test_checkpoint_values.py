@@ -405,6 +405,13 @@ def test_convert_patch_and_grid_conversions():
     assert torch.equal(to_load["vit.patch_embed.proj.weight"], kernel)
     torch.testing.assert_close(to_load["vit.pos_embed"], _pos_reference(sd["pos_embed"], (5, 5), (4, 4), 1, "bicubic"),
                                rtol=0, atol=1e-6)
+    # the kernel resample the config names reaches the conversion (timm's FlexiViT resample, called directly)
+    from timm.layers import resample_patch_embed
+
+    to_load, rep = convert_for_backbone(sd, one_block("dinov2_tiny", patch_resample="pinv"))
+    assert rep.converted[0] == "patch_embed 14->16 (pinv)"
+    torch.testing.assert_close(to_load["vit.patch_embed.proj.weight"],
+                               resample_patch_embed(sd["patch_embed.proj.weight"], [16, 16]), rtol=0, atol=1e-6)
     # same patch, other grid: only the pos-embed
     sd = _dinov2_file(one_block("dinov2_tiny", img_size=48, source_patch_size=None))  # 3x3 @ 16
     _, rep = convert_for_backbone(sd, one_block("dinov2_tiny", pos_interp="bilinear"))
