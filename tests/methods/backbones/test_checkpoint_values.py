@@ -619,3 +619,11 @@ def test_materialize_buffers_recomputes_the_fixed_buffers():
     assert list(bufs) == ["vit.rope.bands"]
     for name, value in eager.named_buffers():
         assert bufs[name].device.type == "cpu" and torch.equal(bufs[name], value), name
+
+
+def test_file_without_patch_or_position_tables_reports_them_missing():
+    b = one_block("dinov2_tiny")
+    sd = _dinov2_file(b)
+    del sd["patch_embed.proj.weight"], sd["pos_embed"]
+    to_load, rep = convert_for_backbone(sd, b)
+    assert rep.missing == ["vit.pos_embed", "vit.patch_embed.proj.weight"] and rep.converted == [] and rep.loaded == 18
