@@ -625,5 +625,5 @@ def test_file_without_patch_or_position_tables_reports_them_missing():
     b = one_block("dinov2_tiny")
     sd = _dinov2_file(b)
     del sd["patch_embed.proj.weight"], sd["pos_embed"]
-    to_load, rep = convert_for_backbone(sd, b)
+    to_load, rep = convert_for_backbone(sd, b, "dinov2")
     assert rep.missing == ["vit.pos_embed", "vit.patch_embed.proj.weight"] and rep.converted == [] and rep.loaded == 18
