@@ -414,8 +414,10 @@ def test_convert_patch_and_grid_conversions():
                                resample_patch_embed(sd["patch_embed.proj.weight"], [16, 16]), rtol=0, atol=1e-6)
     # same patch, other grid: only the pos-embed
     sd = _dinov2_file(one_block("dinov2_tiny", img_size=48, source_patch_size=None))  # 3x3 @ 16
-    _, rep = convert_for_backbone(sd, one_block("dinov2_tiny", pos_interp="bilinear"))
+    to_load, rep = convert_for_backbone(sd, one_block("dinov2_tiny", pos_interp="bilinear"))
     assert rep.converted == ["pos_embed 3x3->4x4 (bilinear)"]
+    torch.testing.assert_close(to_load["vit.pos_embed"],
+                               _pos_reference(sd["pos_embed"], (3, 3), (4, 4), 1, "bilinear"), rtol=0, atol=1e-6)
 
 
 def test_convert_patch_mismatch_message_in_full():
