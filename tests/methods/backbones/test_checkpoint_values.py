@@ -629,3 +629,22 @@ def test_file_without_patch_or_position_tables_reports_them_missing():
     del sd["patch_embed.proj.weight"], sd["pos_embed"]
     to_load, rep = convert_for_backbone(sd, b, "dinov2")
     assert rep.missing == ["vit.pos_embed", "vit.patch_embed.proj.weight"] and rep.converted == [] and rep.loaded == 18
+
+
+def test_patch_and_projection_causes_through_the_conversion():
+    b = one_block("dinov2_tiny", source_patch_size=None)
+    sd = _dinov2_file(b)
+    sd["patch_embed.proj.weight"] = torch.zeros(64, 1, 14, 14)  # one input channel: not a kernel to resize
+    with pytest.raises(CheckpointShapeError) as e:
+        convert_for_backbone(sd, b)
+    assert str(e.value) == (
+        "patch_embed.proj.weight -> vit.patch_embed.proj.weight: file shape (64, 1, 14, 14), model shape "
+        "(64, 3, 16, 16). Likely cause: patch 14 vs 16: set source_patch_size=14 in the ViTConfig to convert the "
+        "kernel, or use a config with the file's patch size.")
+    clip = one_block("clip_tiny")
+    sd = {k: v.detach().clone() for k, v in clip.state_dict().items()}
+    sd["proj.weight"] = torch.zeros(24, 64)
+    with pytest.raises(CheckpointShapeError) as e:
+        convert_for_backbone(sd, clip)
+    assert str(e.value) == ("proj.weight -> proj.weight: file shape (24, 64), model shape (32, 64). Likely cause: "
+                            "projection width differs: the file projects to 24, config proj_dim=32.")
