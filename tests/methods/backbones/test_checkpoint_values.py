@@ -621,6 +621,14 @@ def test_materialize_buffers_recomputes_the_fixed_buffers():
     assert list(bufs) == ["vit.rope.bands"]
     for name, value in eager.named_buffers():
         assert bufs[name].device.type == "cpu" and torch.equal(bufs[name], value), name
+    bn = torch.nn.BatchNorm1d(2)  # real buffers are kept, empty (None) ones skipped
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([1.0, 2.0]))
+    materialize_buffers(bn)
+    assert torch.equal(bn.running_mean, torch.tensor([1.0, 2.0])) and torch.equal(bn.running_var, torch.ones(2))
+    plain = torch.nn.BatchNorm1d(2, track_running_stats=False)
+    materialize_buffers(plain)
+    assert plain.running_mean is None
 
 
 def test_file_without_patch_or_position_tables_reports_them_missing():
