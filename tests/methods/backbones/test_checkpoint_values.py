@@ -594,8 +594,18 @@ def test_official_openai_clip_names():
     assert out["visual.positional_embedding"].shape == (17, 64)
     assert torch.equal(out["visual.positional_embedding"], b.vit.pos_embed[0])
     assert torch.equal(out["visual.proj"], b.proj.weight.t()) and out["visual.proj"].is_contiguous()
-    assert torch.equal(out[r + "mlp.c_proj.weight"], b.vit.blocks[0].mlp.fc2.weight)
-    assert torch.equal(out["visual.ln_post.bias"], b.vit.norm.bias)
+    own = b.state_dict()
+    same = {"visual.conv1.weight": "patch_embed.proj.weight", "visual.ln_pre.weight": "norm_pre.weight",
+            "visual.ln_pre.bias": "norm_pre.bias", r + "ln_1.weight": "blocks.0.norm1.weight",
+            r + "ln_1.bias": "blocks.0.norm1.bias", r + "attn.in_proj_weight": "blocks.0.attn.qkv.weight",
+            r + "attn.in_proj_bias": "blocks.0.attn.qkv.bias", r + "attn.out_proj.weight": "blocks.0.attn.proj.weight",
+            r + "attn.out_proj.bias": "blocks.0.attn.proj.bias", r + "ln_2.weight": "blocks.0.norm2.weight",
+            r + "ln_2.bias": "blocks.0.norm2.bias", r + "mlp.c_fc.weight": "blocks.0.mlp.fc1.weight",
+            r + "mlp.c_fc.bias": "blocks.0.mlp.fc1.bias", r + "mlp.c_proj.weight": "blocks.0.mlp.fc2.weight",
+            r + "mlp.c_proj.bias": "blocks.0.mlp.fc2.bias", "visual.ln_post.weight": "norm.weight",
+            "visual.ln_post.bias": "norm.bias"}
+    for official, ours in same.items():
+        assert torch.equal(out[official], own["vit." + ours]), official
 
 
 def test_official_names_errors_in_full():
