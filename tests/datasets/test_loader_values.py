@@ -389,6 +389,9 @@ def test_gta5_pairs_messages_in_full(tmp_path):
     assert str(e.value).startswith(
         f"gta5: 2 image(s) have no label file, e.g.\n    {root / 'images/00003.jpg'} -> {root / 'labels/00003.png'}\n"
         f"    {root / 'images/00004.JPG'} -> {root / 'labels/00004.png'}\n  expected: {root / 'labels/00003.png'}\n")
+    from datasets.gta5 import GTA5_FIX
+
+    assert str(e.value).endswith(f"\n  fix: {GTA5_FIX}")
     assert [p.name for p in e.value.pairs] == ["00001", "00002"]
 
 
@@ -407,7 +410,7 @@ def test_gta5_official_split_messages_in_full(tmp_path):
     mat.write_bytes(b"not a mat file")
     with pytest.raises(DatasetLayoutError) as e:
         gta5_pairs(root, "official_val")
-    assert str(e.value).startswith(f"gta5: cannot read {mat}: ")
+    assert str(e.value).startswith(f"gta5: cannot read {mat}: ") and f"\n  expected: {mat}\n" in str(e.value)
     assert str(e.value).endswith("\n  fix: re-extract split.mat from read_mapping.zip")
     assert isinstance(e.value.__cause__, Exception)
     savemat(mat, {"trainIds": np.array([[4], [1]]), "testIds": np.array([[2, 3]])})
