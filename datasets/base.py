@@ -270,18 +270,17 @@ class SegmentationDataset(torch.utils.data.Dataset):
         """``ds[i]`` or ``ds[(i, aug_seed)]``.
 
         The transform is called as ``transform(sample, np.random.default_rng(seed))`` with
-        ``seed = aug_seed`` (or ``i`` for a plain index), so augmentation is deterministic and a
+        ``seed = aug_seed`` (or ``i``, counted from 0, for a plain index), so augmentation is deterministic and a
         resumed training run needs no data replay. Without a transform the raw sample is returned.
         """
-        if isinstance(index, tuple):
-            i, seed = index
-        else:
-            i, seed = index, index
+        i, seed = index if isinstance(index, tuple) else (index, None)
         i = int(i)
         if i < 0:
             i += len(self)
         if not 0 <= i < len(self):
             raise IndexError(f"index {index} out of range for {self!r}")
+        if seed is None:
+            seed = i  # ds[-1] seeds like ds[len(ds) - 1]
         sample = self.load(i)
         if self.transform is None:
             return sample
@@ -333,4 +332,5 @@ class ConcatSegmentationDataset(torch.utils.data.Dataset):
             part, j = self.locate(index[0])
             return part[(j, *index[1:])]
         part, j = self.locate(index)
-        return part[(j, int(index))]
+        i = int(index)
+        return part[(j, i + len(self) if i < 0 else i)]  # seeded by the global index, counted from 0
