@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from datasets import ConcatSegmentationDataset, DatasetLayoutError, build_dataset
+from datasets import ConcatSegmentationDataset, DatasetLayoutError
 from datasets.base import PngHeader, SamplePair, SegmentationDataset, png_header, read_image, read_index_png
 from datasets.gta5 import GTA5_LAYOUT, GTA5Dataset
 from datasets.labels import CITYSCAPES_PALETTE

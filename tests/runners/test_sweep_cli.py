@@ -4,7 +4,6 @@ command (``--json``, ``--wait``, ``--resubmit-failed``); planning, submission an
 
 import hashlib
 import json
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest

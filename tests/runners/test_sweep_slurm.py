@@ -122,7 +122,7 @@ def test_real_cells_preempted_killed_resubmitted_and_equal_to_local(tmp_path, pa
     cells = _cells(slurm_dir)
     preempted, killed = cells[0], cells[1]
     ckpts = {s: slurm_dir / c["run_dir"] / "checkpoints" / "last.pt" for s, c in cells.items()}
-    job_a, job_b = preempted["submissions"][-1]["job_id"], killed["submissions"][-1]["job_id"]
+    job_a = preempted["submissions"][-1]["job_id"]
     log_b = slurm_dir / killed["submissions"][-1]["stdout"]
     signals = {  # sent to each cell as soon as it has a training checkpoint
         0: lambda: subprocess.run(["scancel", "--signal=USR2", job_a], check=True),  # Slurm's preemption warning
