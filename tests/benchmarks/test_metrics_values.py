@@ -121,3 +121,39 @@ def test_rpd_drop_and_mean_by_hand():
     assert mean_over_targets({"a": "4.5"}) == 4.5
     with pytest.raises(ValueError, match="^mean_over_targets: no target values given$"):
         mean_over_targets({})
+
+
+def test_float32_class_ids_are_refused_like_float64():
+    """``np.issubdtype(dtype, np.floating)``, not a check that only catches float64."""
+    for dtype in (np.float32, np.float16):
+        with pytest.raises(TypeError, match="pred must hold integer class ids"):
+            confusion_matrix(np.zeros(2, dtype), np.zeros(2, int))
+        with pytest.raises(TypeError, match="label must hold integer class ids"):
+            confusion_matrix(np.zeros(2, int), np.zeros(2, dtype))
+
+
+def test_absent_classes_and_empty_matrices_give_nan_without_warnings():
+    """A class absent from both prediction and label (0 / 0) is NaN and dropped from the mean, silently: a
+    RuntimeWarning per image would flood an evaluation log. An empty matrix has no accuracy and no mIoU."""
+    import warnings
+
+    cm = np.array([[3, 1, 0], [2, 4, 0], [0, 0, 0]])  # class 2 absent
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        iou = per_class_iou(cm)
+        assert iou[:2] == pytest.approx([3 / 6, 4 / 7]) and np.isnan(iou[2])
+        assert mean_iou(cm) == pytest.approx(100 * (3 / 6 + 4 / 7) / 2)
+        assert math.isnan(mean_iou(np.zeros((3, 3), int)))
+        assert math.isnan(pixel_accuracy(np.zeros((3, 3), int)))
+
+
+def test_pixel_accuracy_of_a_single_pixel():
+    assert pixel_accuracy(np.array([[1, 0], [0, 0]])) == 100.0
+    assert pixel_accuracy(np.array([[0, 1], [0, 0]])) == 0.0
+
+
+def test_defaults_ignore_255_and_count_no_images():
+    """The default ignore index is 255 (Cityscapes trainId void) even where 255 is a valid class (C = 300)."""
+    cm = confusion_matrix(np.array([255, 1]), np.array([255, 1]), num_classes=300)
+    assert cm.sum() == 1 and cm[1, 1] == 1
+    assert score_confusion(np.eye(2, dtype=int)).num_images == 0
