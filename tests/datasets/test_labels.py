@@ -68,3 +68,23 @@ def test_mapillary_mappings_match_spec_tables():
 def test_unknown_mapillary_mapping():
     with pytest.raises(ValueError, match="robustnet"):
         mapillary_lut("nope")
+
+
+def test_apply_lut_fast_path_only_for_uint8_rasters_and_256_entry_uint8_tables(monkeypatch):
+    """``cv2.LUT`` for the common case (2-D uint8 raster, 256-entry uint8 table), ``lut[raw]`` for every other
+    (cv2 refuses them or reads them differently); both give ``lut[raw]``."""
+    import datasets.labels as labels_mod
+
+    calls = []
+    real_lut = labels_mod.cv2.LUT
+    monkeypatch.setattr(labels_mod.cv2, "LUT", lambda src, lut: calls.append(src.shape) or real_lut(src, lut))
+    rng = np.random.default_rng(0)
+    raw = rng.integers(0, 256, (4, 5)).astype(np.uint8)
+    lut = rng.integers(0, 256, 256).astype(np.uint8)
+    assert (labels_mod.apply_lut(raw, lut) == lut[raw]).all() and calls == [(4, 5)]
+    others = [(raw.astype(np.uint16), lut), (raw.astype(np.int64), lut), (raw, lut.astype(np.int64)),
+              (raw, np.concatenate([lut, lut[:44]])), (raw[None], lut)]
+    for r, t in others:
+        out = labels_mod.apply_lut(r, t)
+        assert out.dtype == t.dtype and out.shape == r.shape and (out == t[r]).all()
+    assert calls == [(4, 5)]  # none of the others took the fast path
