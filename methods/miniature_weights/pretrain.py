@@ -11,14 +11,17 @@ towers already use OpenAI's names). What each one learns from the world's exact 
   histogram (31 world elements, finer than the 19 benchmark classes) and the log depth. The probes are thrown
   away. A spread term (:func:`feature_spread_loss`, VICReg's variance + covariance) keeps every tap
   many-sided: class probes alone collapse a 64-wide ViT onto ~8-15 directions, poorer segmentation inputs
-  than a random patch embedding.
+  than a random patch embedding. An invariance term (:func:`invariance_loss`, VICReg's third) pulls every tap
+  of a crop towards the same tap of its repainted twin (:func:`repaint`: each element in other materials),
+  the augmentation invariance that makes real foundation features carry across cameras: without it the taps
+  kept the world's colours and a head trained on GTA5-style materials read them.
 - **Depth-Anything-V2**: starts from the DINOv2 stand-in (as DA-V2 starts from DINOv2) and regresses log depth
-  per patch from the taps, with the spread term (depth alone collapsed the taps to rank ~15); its probes are
-  kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
+  per patch from the taps, with the spread and invariance terms (depth alone collapsed the taps to rank ~15);
+  its probes are kept as ``depth_head.*`` (ignored by the loaders, like DA-V2's DPT).
 - **EVA02-CLIP** and **CLIP ResNet** with their text towers: symmetric InfoNCE between crops and their
   captions (templated class lists), and a dense alignment of patch features with the class-name prompts
-  ("a photo of a car.") against the crop's class histogram, plus the same spread term on the features a
-  segmentation model reads (the ViT's taps, the ResNet's ``layer4``) and a prompt spread term
+  ("a photo of a car.") against the crop's class histogram, plus the same spread and invariance terms on the
+  features a segmentation model reads (the ViT's taps, the ResNet's ``layer4``) and a prompt spread term
   (:func:`prompt_spread_loss`) that keeps the class prompts' embeddings apart. The CLIP ResNet's dense features are the
   attention pool's value and output projections applied per location (MaskCLIP's reading of CLIP).
 
@@ -56,6 +59,11 @@ CLASS_PROMPTS = tuple(f"a photo of a {c}." for c in CITYSCAPES_CLASSES)
 _FAR_LOG = math.log(200.0)
 SPREAD_WEIGHT = 1.0
 """Weight of :func:`feature_spread_loss` on the features every stand-in hands to a segmentation model."""
+INVARIANCE_WEIGHT = 1.0
+"""Weight of :func:`invariance_loss` (VICReg's invariance term) between a crop and its repainted twin."""
+REPAINT_STD = 40.0
+"""RGB std of the per-element colour offsets of the repainted twin (:func:`repaint`); the benchmark's target
+domains move each material by 36."""
 PROMPT_MARGIN = 0.5
 """The class prompts' embeddings are pushed apart while their cosine exceeds this (:func:`prompt_spread_loss`)."""
 DINOV2_CELLS = 7
@@ -159,6 +167,26 @@ def feature_spread_loss(features: Tensor) -> Tensor:
     return F.relu(1 - std).mean() + off.pow(2).sum() / z.shape[1]
 
 
+def invariance_loss(features: Sequence[Tensor], twins: Sequence[Tensor]) -> Tensor:
+    """VICReg's invariance term: mean squared distance between the patch features of a crop and of its repainted
+    twin (:func:`repaint`), over the taps. With the spread term this is VICReg whole: without it the class probes
+    let a tap keep the colours of the world's palettes, which a head trained on one domain latches onto."""
+    return sum(F.mse_loss(f, t) for f, t in zip(features, twins)) / len(features)
+
+
+def repaint(images: Tensor, elements: Tensor, rng: np.random.Generator, std: float = REPAINT_STD) -> Tensor:
+    """The same crops in other materials: every element of every crop gets its own RGB offset (std ``std``), then
+    each crop a random gain and contrast. The geometry (and so every label) is unchanged."""
+    b = len(images)
+    offsets = torch.from_numpy(rng.normal(0.0, std, (b, NUM_ELEMENTS, 3)).astype(np.float32))
+    shift = torch.gather(offsets, 1, elements.reshape(b, -1, 1).expand(-1, -1, 3))  # [B, HW, 3]
+    out = images + shift.transpose(1, 2).reshape(images.shape)
+    gain = torch.from_numpy(rng.uniform(0.7, 1.3, (b, 1, 1, 1)).astype(np.float32))
+    mean = out.mean((1, 2, 3), keepdim=True)
+    contrast = torch.from_numpy(rng.uniform(0.7, 1.3, (b, 1, 1, 1)).astype(np.float32))
+    return ((out - mean) * contrast + mean * gain).clamp(0, 255)
+
+
 def prompt_spread_loss(embeddings: Tensor, margin: float = PROMPT_MARGIN) -> Tensor:
     """Squared hinge on the cosine of every pair of different class prompts above ``margin``. Contrastive and
     dense alignment alone leave the 19 prompts of a tiny text tower on nearly one direction (cosine 0.98 on
@@ -231,21 +259,28 @@ def train_dinov2(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 1, log=p
     t0 = time.perf_counter()
     for step in range(steps):
         images, elements, depth, _ = crops.sample(rng, cfg.batch_size, size)
+        twins = repaint(images, elements, rng)
         if step % 2 == 1:
             images = blank_patches(images, rng, p, 0.25, IMAGENET_MEAN)
         hist = patch_histograms(elements, NUM_ELEMENTS, cell)
         logd = patch_log_depth(depth, cell)
-        out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
+        out = backbone(_normalise(torch.cat([images, twins]), IMAGENET_MEAN, IMAGENET_STD))
+        b = len(images)
+        features = [f[:b] for f in out.features]
+        twin_features = [f[b:] for f in out.features]
         loss_cls = loss_depth = 0
-        for pred in probes(out.features):
+        for pred in probes(features):
             loss_cls = loss_cls + soft_cross_entropy(pred[:, :NUM_ELEMENTS], hist)
             loss_depth = loss_depth + F.smooth_l1_loss(pred[:, NUM_ELEMENTS:], logd)
-        loss_spread = sum(feature_spread_loss(f) for f in out.features)
-        loss = (loss_cls + loss_depth + SPREAD_WEIGHT * loss_spread) / len(out.features)
+        # the spread over both views as one batch, at half the weight the single view had
+        loss_spread = sum(feature_spread_loss(f) for f in out.features) / 2
+        loss_invariance = invariance_loss(features, twin_features)
+        loss = ((loss_cls + loss_depth + SPREAD_WEIGHT * loss_spread) / len(out.features)
+                + INVARIANCE_WEIGHT * loss_invariance)
         _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"dinov2 {step + 1}/{steps}: element CE {float(loss_cls.detach()) / 4:.3f}, depth {float(loss_depth.detach()) / 4:.3f}, "
-                f"spread {float(loss_spread.detach()) / 4:.3f} "
+                f"spread {float(loss_spread.detach()) / 4:.3f}, invariance {float(loss_invariance.detach()):.3f} "
                 f"({time.perf_counter() - t0:.0f} s)")
     return backbone.eval()
 
@@ -263,16 +298,20 @@ def train_depth_anything(crops: WorldCrops, dinov2: ViTBackbone, cfg: PretrainCo
     p, size = vit_cfg.patch_size, 8 * vit_cfg.patch_size
     t0 = time.perf_counter()
     for step in range(steps):
-        images, _, depth, _ = crops.sample(rng, cfg.batch_size, size)
+        images, elements, depth, _ = crops.sample(rng, cfg.batch_size, size)
+        twins = repaint(images, elements, rng)
         logd = patch_log_depth(depth, p)
-        out = backbone(_normalise(images, IMAGENET_MEAN, IMAGENET_STD))
-        pred = torch.stack(head(out.features)).sum(0)
+        out = backbone(_normalise(torch.cat([images, twins]), IMAGENET_MEAN, IMAGENET_STD))
+        b = len(images)
+        pred = torch.stack(head([f[:b] for f in out.features])).sum(0)
         loss_spread = sum(feature_spread_loss(f) for f in out.features) / len(out.features)
+        loss_invariance = invariance_loss([f[:b] for f in out.features], [f[b:] for f in out.features])
         loss_depth = F.smooth_l1_loss(pred, logd)
-        _update(opt, set_lr, step, loss_depth + SPREAD_WEIGHT * loss_spread)
+        _update(opt, set_lr, step, loss_depth + SPREAD_WEIGHT * loss_spread + INVARIANCE_WEIGHT * loss_invariance)
         if step % 100 == 0 or step == steps - 1:
             log(f"depth {step + 1}/{steps}: log-depth L1 {float(loss_depth.detach()):.3f}, spread "
-                f"{float(loss_spread.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
+                f"{float(loss_spread.detach()):.3f}, invariance {float(loss_invariance.detach()):.3f} "
+                f"({time.perf_counter() - t0:.0f} s)")
     return backbone.eval(), head
 
 
@@ -300,29 +339,34 @@ def _dense_alignment(features: Tensor, class_emb: Tensor, classes: Tensor, patch
 
 
 def _clip_loop(name: str, crops: WorldCrops, cfg: PretrainConfig, size: int, parameters, text: CLIPTextEncoder,
-               encode: Callable[[Tensor], tuple[Tensor, Tensor]], patch: int, rng: np.random.Generator, log,
-               logit_scale: nn.Parameter) -> None:
-    """Shared loop: ``encode(images)`` -> (global embeddings [B, E], dense features [B, E, h, w], the
-    :func:`feature_spread_loss` of the features a segmentation model reads)."""
+               encode: Callable[[Tensor], tuple[Tensor, Tensor, list[Tensor]]], patch: int, rng: np.random.Generator,
+               log, logit_scale: nn.Parameter) -> None:
+    """Shared loop: ``encode(images)`` -> (global embeddings [B, E], dense features [B, E, h, w], the features a
+    segmentation model reads, which get the spread term and the invariance term to their repainted twins)."""
     steps = cfg.steps(name)
     opt, set_lr = _optimizer([*parameters, *text.parameters(), logit_scale], cfg, steps)
     prompts = text.tokenize(CLASS_PROMPTS)
     t0 = time.perf_counter()
     for step in range(steps):
         images, elements, _, captions = crops.sample(rng, cfg.batch_size, size)
+        twins = repaint(images, elements, rng)
         classes = torch.from_numpy(ELEMENT_TRAIN_ID[elements.numpy()]).long()
-        global_emb, dense, loss_spread = encode(images)
+        global_emb, dense, features = encode(torch.cat([images, twins]))
+        b = len(images)
+        loss_spread = sum(feature_spread_loss(f) for f in features) / len(features)
+        loss_invariance = invariance_loss([f[:b] for f in features], [f[b:] for f in features])
         caption_emb = text.encode_tokens(text.tokenize(captions), normalize=False)
         class_emb = text.encode_tokens(prompts, normalize=False)
-        loss_global = _contrastive(global_emb, caption_emb, logit_scale)
-        loss_dense = _dense_alignment(dense, class_emb, classes, patch, logit_scale)
+        loss_global = _contrastive(global_emb[:b], caption_emb, logit_scale)
+        loss_dense = _dense_alignment(dense[:b], class_emb, classes, patch, logit_scale)
         loss_prompts = prompt_spread_loss(class_emb)
-        loss = loss_global + loss_dense + SPREAD_WEIGHT * (loss_spread + loss_prompts)
+        loss = (loss_global + loss_dense + SPREAD_WEIGHT * (loss_spread + loss_prompts)
+                + INVARIANCE_WEIGHT * loss_invariance)
         _update(opt, set_lr, step, loss)
         if step % 100 == 0 or step == steps - 1:
             log(f"{name} {step + 1}/{steps}: contrastive {float(loss_global.detach()):.3f}, dense {float(loss_dense.detach()):.3f}, "
-                f"spread {float(loss_spread.detach()):.3f}, prompts {float(loss_prompts.detach()):.3f} "
-                f"({time.perf_counter() - t0:.0f} s)")
+                f"spread {float(loss_spread.detach()):.3f}, invariance {float(loss_invariance.detach()):.3f}, "
+                f"prompts {float(loss_prompts.detach()):.3f} ({time.perf_counter() - t0:.0f} s)")
 
 
 def train_eva_clip(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 3, log=print
@@ -334,12 +378,11 @@ def train_eva_clip(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 3, log
     text = _text_tower(seed + 100)
     logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def encode(images: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         out = visual(_normalise(images, CLIP_MEAN, CLIP_STD), project=True)
         h, w = out.grid
         tokens = out.projected[:, 1:]
-        spread = sum(feature_spread_loss(f) for f in out.features) / len(out.features)
-        return out.projected[:, 0], tokens.transpose(1, 2).reshape(len(tokens), -1, h, w), spread
+        return out.projected[:, 0], tokens.transpose(1, 2).reshape(len(tokens), -1, h, w), list(out.features)
 
     _clip_loop("eva_clip", crops, cfg, 8 * vit_cfg.patch_size, visual.parameters(), text, encode,
                vit_cfg.patch_size, rng, log, logit_scale)
@@ -360,14 +403,14 @@ def train_clip_resnet(crops: WorldCrops, cfg: PretrainConfig, *, seed: int = 4, 
     pool = tower.attnpool
     side = tower.cfg.image_size
 
-    def encode(images: Tensor) -> tuple[Tensor, Tensor]:
+    def encode(images: Tensor) -> tuple[Tensor, Tensor, list[Tensor]]:
         x = _normalise(images, CLIP_MEAN, CLIP_STD)
         small = F.interpolate(x, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
         global_emb = tower.encode_image(small)
         feats = tower(x)["layer4"]  # segmentation geometry, stride 16
         dense = F.conv2d(F.conv2d(feats, pool.v_proj.weight[:, :, None, None], pool.v_proj.bias),
                          pool.c_proj.weight[:, :, None, None], pool.c_proj.bias)
-        return global_emb, dense, feature_spread_loss(feats)
+        return global_emb, dense, [feats]
 
     _clip_loop("clip_rn", crops, cfg, 128, tower.parameters(), text, encode, 16, rng, log, logit_scale)
     return tower.eval(), text.eval(), logit_scale.detach()
