@@ -491,8 +491,11 @@ def execute(run: ResolvedRun, args: argparse.Namespace, *, log=print,
     if not weights["pretrained"]:
         missing = [f for f, s in weights["files"].items() if not s["found"]]
         log("!" * 100)
-        log(f"!! NOT PRETRAINED: {', '.join(missing) or 'no official weights for this configuration'} "
-            f"{'not found in ' + str(run.weights_dir) if missing else ''}")
+        if args.random_init:
+            log(f"!! NOT PRETRAINED: --random-init, {', '.join(missing) or 'no weights file'} not loaded")
+        else:
+            log(f"!! NOT PRETRAINED: {', '.join(missing) or 'no official weights for this configuration'} "
+                f"{'not found in ' + str(run.weights_dir) if missing else ''}")
         log("!! The backbone is randomly initialised; the result is recorded with pretrained: false.")
         log("!" * 100)
     with distributed.main_first():  # fingerprints also catch missing/partial splits before any GPU time
