@@ -123,7 +123,7 @@ FAMIX_GTA = dict(
            "patch_PIN.py; paper numbers are the mean of 3 runs (FAMix#5)")
 FAMIX_SYNTHIA = {**FAMIX_GTA, "augmentation": {**FAMIX_GTA["augmentation"], "rescale": "ratio_range",
                                                "ratio_range": (384 / 720, 1536 / 720), "base_size": None}}
-FAMIX_MINI = dict(iterations=200, batch_size=4, crop_size=(192, 192), checkpoint_interval=100, log_interval=20)
+FAMIX_MINI = dict(iterations=600, batch_size=4, crop_size=(192, 192), checkpoint_interval=200, log_interval=20)
 
 
 def mini(paper: dict, changes: dict, suffix: str = "") -> dict:
