@@ -463,7 +463,7 @@ class TextualQueryDrivenMaskTransformer(Method):
         if scale == "miniature":
             text = text_config("tiny", context_length=context_length)
             ctx = ContextDecoderConfig(width=64, heads=4, layers=3, dropout=0.1)
-            # the other miniature heads have none (methods.vit_m2f.build_vit_m2f_config); tqdm's text-conditioned
+            # the other miniature heads have none (methods.vit_m2f.miniature_head); tqdm's text-conditioned
             # pixel decoder needs at least one layer (its post-norm), and tqdm gains from its stand-in with 2
             head_changes: dict[str, Any] = {"pixel_decoder_layers": 2}
         else:

@@ -30,10 +30,18 @@ CLIP_FAMILIES = ("eva02", "clip")
 
 
 def miniature_head(in_channels: tuple[int, ...], num_queries: int = 100, **changes: Any) -> Mask2FormerConfig:
-    """A Mask2Former small enough for a CPU: same structure, fewer/narrower layers and points."""
+    """A Mask2Former small enough for a CPU: same structure, fewer/narrower layers and points.
+
+    It has no pixel-decoder encoder layers. The real head's 6 add context on top of a 300M-parameter ViT and
+    cannot learn real streets from raw patches; on the miniature scenes 2 such layers could, and hid the
+    backbone: on a frozen *random* ViT (whose taps are its patch embedding) frozen_m2f scored as well as on the
+    pretrained stand-in (seed 0: 15.30 vs 15.66 mean target mIoU), VLTSeg fine-tuning a random EVA02 scored 13.45
+    vs 14.96. Without them the head has to read the backbone: 8.30 vs 14.18, and 6.93 vs 11.61. tqdm's
+    text-conditioned pixel decoder asks for its 2 (``pixel_decoder_layers=2`` in ``changes``).
+    """
     cfg = Mask2FormerConfig(
         in_channels=in_channels, hidden_dim=64, num_queries=min(num_queries, 32), num_heads=4,
-        pixel_decoder_layers=2, pixel_decoder_ffn=128, decoder_layers=3, decoder_ffn=128,
+        pixel_decoder_layers=0, pixel_decoder_ffn=128, decoder_layers=3, decoder_ffn=128,
         train_num_points=1024,
     )
     return dataclasses.replace(cfg, **changes)
@@ -62,13 +70,6 @@ def build_vit_m2f_config(config_cls: type[ViTMask2FormerConfig], backbone: str, 
     channels = (vit.embed_dim,) * 4
     head_changes = dict(head_changes or {})
     if scale == "miniature":
-        # The miniature Mask2Former has no pixel-decoder encoder layers. The real head's 6 add context on top of
-        # a 300M-parameter ViT and cannot learn real streets from raw patches; on the miniature scenes 2 such
-        # layers could, and hid the backbone: on a frozen *random* ViT (whose taps are its patch embedding)
-        # frozen_m2f scored as well as on the pretrained stand-in (seed 0: 15.30 vs 15.66 mean target mIoU),
-        # VLTSeg fine-tuning a random EVA02 scored 13.45 vs 14.96. Without them the head has to read the
-        # backbone: 8.30 vs 14.18, and 6.93 vs 11.61. tqdm's text-conditioned pixel decoder keeps its 2.
-        head_changes = {"pixel_decoder_layers": 0, **head_changes}
         head = miniature_head(channels, num_queries, **head_changes)
     else:
         head = dataclasses.replace(Mask2FormerConfig(in_channels=channels, num_queries=num_queries), **head_changes)

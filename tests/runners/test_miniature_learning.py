@@ -42,7 +42,7 @@ def test_a_frozen_backbone_head_learns_from_the_standin_what_it_cannot_from_a_ra
                                                                                          capsys):
     """The benchmark tells a pretrained frozen backbone from none: frozen_m2f on the shipped DINOv2 stand-in
     against the same run on a random ViT (``--random-init``). Before the miniature head of frozen backbones lost
-    its pixel-decoder encoder layers (methods.vit_m2f.build_vit_m2f_config), the two scored alike (full
+    its pixel-decoder encoder layers (methods.vit_m2f.miniature_head), the two scored alike (full
     benchmark, seed 0: 15.66 vs 15.30); before the invariance term of the pretraining, the stand-in's features
     carried the source's colours."""
     pretrained = _run_record(tmp_path, mini_root, "frozen_m2f")
