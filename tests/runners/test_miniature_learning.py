@@ -1,32 +1,42 @@
-"""The Rein family learns on the miniature benchmark with its miniature recipe and the shipped stand-ins.
+"""Every method learns on the miniature benchmark with its miniature recipe and the shipped stand-ins, and
+learns clearly more with them than from a random init (``--random-init``), on the targets and on the source.
 
-Rein's queries are read off its per-layer tokens (``link_to_query``); at init the tokens are ~1e-2, so all
-queries start alike and need a few hundred iterations to tell apart. Before the miniature recipe ran 480
-iterations (it ran 160), Rein, SET and Vireo stayed at chance (2.9 mean target mIoU) and no test noticed.
+History these tests guard against:
+- Before the miniature recipe of the Rein family ran 480 iterations (it ran 160), Rein, SET and Vireo stayed at
+  chance (2.9 mean target mIoU) and no test noticed: Rein's queries are read off its per-layer tokens
+  (``link_to_query``), which start at ~1e-2, so all queries start alike and take a few hundred iterations to
+  tell apart.
+- Before the miniature head of the frozen backbones lost its pixel-decoder encoder layers
+  (``methods.vit_m2f.miniature_head``), frozen_m2f scored alike on the DINOv2 stand-in and on a random ViT
+  (full benchmark, seed 0: 15.66 vs 15.30): the head learnt the simple scenes from raw patches.
+- Before the invariance term of the pretraining, the stand-ins' features carried the source's colours.
 """
 
 import json
 
 import pytest
 
+from methods.registry import get_method_class, list_methods
 from runners.run import main as run_main
 
-
-@pytest.mark.slow
-def test_rein_learns_well_above_chance_with_its_miniature_recipe(tmp_path, mini_root):
-    out = tmp_path / "rein"
-    code = run_main(["--method", "rein", "--protocol", "gta2cbm", "--data-root", str(mini_root),
-                     "--out", str(out), "--no-progress", "--logger", "none"])
-    assert code == 0
-    record = json.loads((out / "result.json").read_text())
-    assert record["pretrained"] is True and record["train"]["iterations"] == 480
-    results = record["results"]
-    # chance: ~3 (road and sky half right, every other class 0); measured on this root (torch 2.14.1, one
-    # thread): 14.05 mean target mIoU, 19.41 on the GTA5 val split (12.96 / 17.54 before the invariance term of the
-    # stand-ins and the frozen backbones' head without pixel-decoder layers; 2.9 on the full benchmark at 160
-    # iterations)
-    assert results["mean_miou"] > 8.0, results["mean_miou"]
-    assert results["reference"]["miou"] > 12.0, results["reference"]["miou"]
+# Measured on the quarter-size root with this file's command (torch 2.14.1, one thread as under ``pytest -n 2``,
+# seed 0): mean target mIoU and GTA5 val mIoU with the shipped stand-ins and with --random-init. Each margin asked
+# for is about half the measured gap or less; chance is ~3 (road and sky half right, every other class 0). The
+# 3-seed table of the full benchmark is in the README ("What the miniature benchmark shows").
+STANDIN_GAINS = {
+    # method: (stand-ins that --random-init leaves out,
+    #          (target: with stand-ins, at random init, margin), (GTA5 val: with stand-ins, at random init, margin))
+    "tqdm": ("EVA02_CLIP_tiny.pt", (15.71, 12.04, 1.5), (22.90, 20.12, 1.0)),
+    "rein": ("dinov2_tiny_pretrain.pth", (12.97, 7.33, 3.0), (18.24, 13.79, 2.0)),
+    "set": ("dinov2_tiny_pretrain.pth", (12.80, 7.30, 3.0), (17.49, 14.05, 1.5)),
+    "vireo": ("dinov2_tiny_pretrain.pth, depth_anything_v2_tiny.pth, CLIP_RN_tiny.pt", (13.25, 6.96, 3.0),
+              (18.43, 9.44, 4.0)),
+    "vltseg": ("EVA02_CLIP_tiny.pt", (10.49, 7.03, 1.5), (16.16, 10.67, 2.5)),
+    "frozen_m2f": ("dinov2_tiny_pretrain.pth", (13.91, 8.76, 3.0), (21.43, 15.62, 3.0)),
+    # FAMix's stand-in shows on the source more than on the targets here (+2.4 on the targets over 3 seeds of the
+    # full benchmark): the targets are only asked to be above the random init
+    "famix": ("CLIP_RN_tiny.pt", (10.08, 8.89, 0.0), (16.70, 11.78, 2.5)),
+}
 
 
 def _run_record(tmp_path, mini_root, method: str, *extra: str) -> dict:
@@ -37,20 +47,24 @@ def _run_record(tmp_path, mini_root, method: str, *extra: str) -> dict:
     return json.loads((out / "result.json").read_text())
 
 
+def test_the_table_covers_every_registered_method():
+    assert sorted(STANDIN_GAINS) == sorted(list_methods())
+
+
 @pytest.mark.slow
-def test_a_frozen_backbone_head_learns_from_the_standin_what_it_cannot_from_a_random_vit(tmp_path, mini_root,
-                                                                                         capsys):
-    """The benchmark tells a pretrained frozen backbone from none: frozen_m2f on the shipped DINOv2 stand-in
-    against the same run on a random ViT (``--random-init``). Before the miniature head of frozen backbones lost
-    its pixel-decoder encoder layers (methods.vit_m2f.miniature_head), the two scored alike (full
-    benchmark, seed 0: 15.66 vs 15.30); before the invariance term of the pretraining, the stand-in's features
-    carried the source's colours."""
-    pretrained = _run_record(tmp_path, mini_root, "frozen_m2f")
+@pytest.mark.parametrize("method", list(STANDIN_GAINS))
+def test_each_method_learns_more_from_its_standins_than_from_a_random_init(tmp_path, mini_root, capsys, method):
+    left_out, target, source = STANDIN_GAINS[method]
+    pretrained = _run_record(tmp_path, mini_root, method)
     capsys.readouterr()
-    random = _run_record(tmp_path, mini_root, "frozen_m2f", "--random-init")
+    random = _run_record(tmp_path, mini_root, method, "--random-init")
     banner = [line for line in capsys.readouterr().out.splitlines() if "NOT PRETRAINED" in line]
-    assert banner == ["!! NOT PRETRAINED: --random-init, dinov2_tiny_pretrain.pth not loaded"], banner
+    assert banner == [f"!! NOT PRETRAINED: --random-init, {left_out} not loaded"], banner
     assert pretrained["pretrained"] is True and random["pretrained"] is False
-    a, b = pretrained["results"]["mean_miou"], random["results"]["mean_miou"]
-    # measured on this root (torch 2.14.1, one thread): 13.45 vs 8.39 mean target mIoU (GTA5 val 22.17 vs 15.63)
-    assert a > b + 3.0, (a, b)
+    iterations = get_method_class(method).recipe(scale="miniature").iterations
+    assert pretrained["train"]["iterations"] == random["train"]["iterations"] == iterations
+    a, b = pretrained["results"], random["results"]
+    assert a["mean_miou"] > b["mean_miou"] + target[2], (method, a["mean_miou"], b["mean_miou"], "measured", target)
+    assert a["reference"]["miou"] > b["reference"]["miou"] + source[2], (
+        method, a["reference"]["miou"], b["reference"]["miou"], "measured", source)
+    assert a["mean_miou"] > 8.0, (method, a["mean_miou"])
