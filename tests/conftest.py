@@ -41,15 +41,24 @@ def pytest_collection_modifyitems(config, items):
     those test files (or folders): the per-module selection of a mutation run (README, "Contributing"), so that
     mutmut's stats map each mutant to the module's own tests, not to every end-to-end test that reaches it."""
     wanted = os.environ.get("DGSS_MUTATION_TESTS", "").split()
-    if not wanted:
-        return
-    prefixes = tuple(w.rstrip("/") for w in wanted)
-    keep, dropped = [], []
-    for item in items:
-        (keep if item.nodeid.split("::")[0].startswith(prefixes) else dropped).append(item)
-    if dropped:
-        config.hook.pytest_deselected(items=dropped)
-        items[:] = keep
+    if wanted:
+        prefixes = tuple(w.rstrip("/") for w in wanted)
+        keep, dropped = [], []
+        for item in items:
+            (keep if item.nodeid.split("::")[0].startswith(prefixes) else dropped).append(item)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+            items[:] = keep
+    items.sort(key=_slow_minutes, reverse=True)  # stable: every other test keeps its place
+
+
+def _slow_minutes(item) -> float:
+    """The CPU minutes a ``slow`` test declares (``pytest.mark.slow(minutes=M)``; 1 if it declares none; 0 for
+    the rest). Longest first: pytest-xdist hands out the first tests round robin, so the long end-to-end runs
+    spread over the workers instead of queueing on one at the end (all seven learning runs of
+    ``test_miniature_learning.py`` once landed on one worker, 27 of CI's minutes on one core)."""
+    marker = item.get_closest_marker("slow")
+    return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1.0))
 
 
 @pytest.fixture(scope="module")

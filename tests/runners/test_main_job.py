@@ -55,7 +55,7 @@ def test_the_pinned_protocol_is_todays():
     assert with_source_splits(protocol, recipe.gta_split).content_hash() == pin["protocol_hash"]
 
 
-@pytest.mark.slow
+@pytest.mark.slow(minutes=2.5)  # the main job: about 150 CPU-s
 @pytest.mark.skipif(MODE == "0", reason="DGSS_MAIN_JOB=0: the 80 s main job is skipped")
 def test_main_job_prints_the_pinned_numbers(tmp_path, capsys):
     pin = json.loads(PIN.read_text())

@@ -48,11 +48,15 @@ def _run_record(tmp_path, mini_root, method: str, *extra: str) -> dict:
 
 
 def test_the_table_covers_every_registered_method():
-    assert sorted(STANDIN_GAINS) == sorted(list_methods())
+    assert sorted(STANDIN_GAINS) == sorted(RUN_MINUTES) == sorted(list_methods())
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("method", list(STANDIN_GAINS))
+# CPU minutes of a case's two runs on one thread (measured), so that the longest start first (tests/conftest.py)
+RUN_MINUTES = {"tqdm": 2.4, "rein": 4.5, "set": 5.3, "vireo": 16.5, "vltseg": 2.4, "frozen_m2f": 2.8, "famix": 2.6}
+
+
+@pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow(minutes=RUN_MINUTES[m]))
+                                    for m in STANDIN_GAINS])
 def test_each_method_learns_more_from_its_standins_than_from_a_random_init(tmp_path, mini_root, capsys, method):
     left_out, target, source = STANDIN_GAINS[method]
     pretrained = _run_record(tmp_path, mini_root, method)
