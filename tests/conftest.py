@@ -52,11 +52,19 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=_slow_minutes, reverse=True)  # stable: every other test keeps its place
 
 
+def pytest_configure(config):
+    """Under ``pytest -n N`` (pytest-xdist's ``load`` scheduling) hand out one test at a time unless
+    ``--maxschedchunk`` says otherwise: xdist's default first gives each worker a quarter of its share as one run
+    of consecutive tests, and the slow tests, which sort first (:func:`_slow_minutes`), all landed on one worker
+    (CI of c6d6005: the seven learning tests in a row on one core, 2,194 s in all)."""
+    if getattr(config.option, "dist", "no") == "load" and getattr(config.option, "maxschedchunk", 0) is None:
+        config.option.maxschedchunk = 1
+
+
 def _slow_minutes(item) -> float:
     """The CPU minutes a ``slow`` test declares (``pytest.mark.slow(minutes=M)``; 1 if it declares none; 0 for
-    the rest). Longest first: pytest-xdist hands out the first tests round robin, so the long end-to-end runs
-    spread over the workers instead of queueing on one at the end (all seven learning runs of
-    ``test_miniature_learning.py`` once landed on one worker, 27 of CI's minutes on one core)."""
+    the rest). Longest first, one at a time (:func:`pytest_configure`): the long end-to-end runs start at once on
+    every worker, and the short tests fill in around them."""
     marker = item.get_closest_marker("slow")
     return 0.0 if marker is None else float(marker.kwargs.get("minutes", 1.0))
 
