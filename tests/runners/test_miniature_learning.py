@@ -38,6 +38,9 @@ STANDIN_GAINS = {
     "famix": ("CLIP_RN_tiny.pt", (10.08, 8.89, 0.0), (16.70, 11.78, 2.5)),
 }
 
+# CPU minutes of a case's two runs on one thread (measured), so that the longest start first (tests/conftest.py)
+RUN_MINUTES = {"tqdm": 2.4, "rein": 4.5, "set": 5.3, "vireo": 16.5, "vltseg": 2.4, "frozen_m2f": 2.8, "famix": 2.6}
+
 
 def _run_record(tmp_path, mini_root, method: str, *extra: str) -> dict:
     out = tmp_path / (method + "".join(extra))
@@ -49,10 +52,6 @@ def _run_record(tmp_path, mini_root, method: str, *extra: str) -> dict:
 
 def test_the_table_covers_every_registered_method():
     assert sorted(STANDIN_GAINS) == sorted(RUN_MINUTES) == sorted(list_methods())
-
-
-# CPU minutes of a case's two runs on one thread (measured), so that the longest start first (tests/conftest.py)
-RUN_MINUTES = {"tqdm": 2.4, "rein": 4.5, "set": 5.3, "vireo": 16.5, "vltseg": 2.4, "frozen_m2f": 2.8, "famix": 2.6}
 
 
 @pytest.mark.parametrize("method", [pytest.param(m, marks=pytest.mark.slow(minutes=RUN_MINUTES[m]))
